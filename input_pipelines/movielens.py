@@ -1,0 +1,457 @@
+"""MovieLens-20M in the MLPerf NCF form (v0.5 reference ``recommendation/pytorch/convert.py``).
+
+From the raw ratings (TFDS ``movielens/20m-ratings`` or the original ``ratings.csv``):
+
+1. every rating is an implicit positive interaction; users with fewer than 20 ratings are dropped
+   (none in ML-20M); repeated (user, item) pairs keep their latest interaction;
+2. users and items are re-indexed ``0..n-1`` in order of first appearance in the source;
+3. leave-one-out: each user's latest interaction (by timestamp, ties broken by source order) is
+   held out for evaluation, the rest are training positives;
+4. each held-out positive gets ``num_eval_negatives`` (999) sampled items the user never interacted
+   with, fixed by ``data_seed``;
+5. training negatives are drawn afresh every epoch, ``num_negatives`` (4) per positive, uniformly
+   among the items that are not a training positive of that user (as the reference's
+   ``CFTrainDataset`` does), with a vectorised rejection sampler.
+
+Steps 1-4 are cached as one ``.npz`` in the data dir (or ``cache_dir``); a second run starts from
+the cache. Differences from the reference, on purpose: the 999 evaluation negatives are distinct and
+never equal to the held-out item (the reference samples with replacement from a set that still
+contains the held-out item, so some of its users effectively have fewer than 999 negatives).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from mlperf_jax.benchmarks.base import DatasetNotFoundError
+
+TFDS_NAME = "movielens/20m-ratings"
+CSV_NAMES = ("ratings.csv", os.path.join("ml-20m", "ratings.csv"))
+MIN_RATINGS = 20
+NUM_EVAL_NEGATIVES = 999
+NUM_TRAIN_NEGATIVES = 4
+CACHE_VERSION = 1
+# ML-20M after the reference's preprocessing.
+ML20M_NUM_USERS = 138493
+ML20M_NUM_ITEMS = 26744
+
+PREPARE_HELP = (
+    "prepare it with TFDS (python -c \"import tensorflow_datasets as tfds; "
+    f"tfds.builder('{TFDS_NAME}', data_dir='DATA_DIR').download_and_prepare()\") or unzip "
+    "https://files.grouplens.org/datasets/movielens/ml-20m.zip into DATA_DIR (giving "
+    "DATA_DIR/ml-20m/ratings.csv)")
+
+
+# ----------------------------------------------------------------------------------------- arrays
+@dataclasses.dataclass
+class Prepared:
+    """The preprocessed dataset; every array is int32.
+
+    ``train_users``/``train_items``: training positives sorted by (user, item).
+    ``test_items[u]``: user u's held-out item. ``eval_negatives[u]``: its evaluation negatives.
+    """
+
+    num_users: int
+    num_items: int
+    train_users: np.ndarray
+    train_items: np.ndarray
+    test_items: np.ndarray
+    eval_negatives: np.ndarray
+
+    @property
+    def num_train_positives(self) -> int:
+        return int(self.train_users.shape[0])
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, version=CACHE_VERSION, num_users=self.num_users, num_items=self.num_items,
+                     train_users=self.train_users, train_items=self.train_items,
+                     test_items=self.test_items, eval_negatives=self.eval_negatives)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Prepared":
+        with np.load(path) as z:
+            if int(z["version"]) != CACHE_VERSION:
+                raise ValueError(f"{path}: cache version {int(z['version'])}, want {CACHE_VERSION}")
+            return cls(int(z["num_users"]), int(z["num_items"]), z["train_users"], z["train_items"],
+                       z["test_items"], z["eval_negatives"])
+
+
+def factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes ``0..n-1`` in order of first appearance (like ``pandas.factorize``), and ``n``."""
+    uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
+    return rank[inverse.reshape(-1)].astype(np.int32), len(uniq)
+
+
+def leave_one_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, *,
+                  min_ratings: int = MIN_RATINGS):
+    """Steps 1-3 of the module docstring on raw arrays (any hashable ids, in source order).
+
+    Returns ``(num_users, num_items, train_users, train_items, test_items)``, train pairs sorted by
+    (user, item) and ``test_items`` indexed by the new user id.
+    """
+    users, items = np.asarray(users), np.asarray(items)
+    timestamps = np.asarray(timestamps, np.int64)
+    if not (len(users) == len(items) == len(timestamps)):
+        raise ValueError("users, items and timestamps must have the same length")
+    u, _ = factorize(users)
+    keep = np.bincount(u)[u] >= min_ratings
+    u, items, timestamps = u[keep], items[keep], timestamps[keep]
+    if len(u) == 0:
+        raise ValueError(f"no user has {min_ratings} or more ratings")
+    users_kept = np.asarray(users)[keep]
+    u, num_users = factorize(users_kept)
+    it, num_items = factorize(items)
+    order = np.lexsort((np.arange(len(u)), timestamps, u))  # by user, then time, then source order
+    u, it = u[order], it[order]
+    # repeated (user, item) pairs: keep the latest one
+    key = u.astype(np.int64) * num_items + it
+    rev_first = np.unique(key[::-1], return_index=True)[1]
+    last = np.sort(len(key) - 1 - rev_first)
+    u, it = u[last], it[last]
+    is_last = np.append(u[1:] != u[:-1], True)
+    test_items = np.empty(num_users, np.int32)
+    test_items[u[is_last]] = it[is_last]
+    train_u, train_i = u[~is_last], it[~is_last]
+    order = np.lexsort((train_i, train_u))
+    return num_users, num_items, train_u[order], train_i[order], test_items
+
+
+# --------------------------------------------------------------------------------------- sampling
+class PositiveSet:
+    """Membership test for (user, item) pairs, vectorised: sorted int64 keys + searchsorted."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
+        self.num_items = int(num_items)
+        self.keys = np.unique(users.astype(np.int64) * self.num_items + items)
+
+    def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        q = users.astype(np.int64) * self.num_items + items
+        if len(self.keys) == 0:
+            return np.zeros(q.shape, bool)
+        pos = np.searchsorted(self.keys, q)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return self.keys[pos] == q
+
+
+def sample_negatives(rng: np.random.Generator, users: np.ndarray, positives: PositiveSet,
+                     max_rounds: int = 1000) -> np.ndarray:
+    """One uniformly random item per entry of ``users`` that is not in ``positives`` for that user.
+
+    Rejection sampling, vectorised: draw for all, redraw the rejected ones. Every user must have at
+    least one item outside its positives (``check_samplable``).
+    """
+    users = np.asarray(users)
+    out = rng.integers(0, positives.num_items, size=users.shape, dtype=np.int32)
+    bad = np.flatnonzero(positives.contains(users, out))
+    for _ in range(max_rounds):
+        if len(bad) == 0:
+            return out
+        out[bad] = rng.integers(0, positives.num_items, size=len(bad), dtype=np.int32)
+        bad = bad[positives.contains(users[bad], out[bad])]
+    raise RuntimeError("negative sampling did not finish: a user has (almost) every item as positive")
+
+
+def sample_distinct_negatives(rng: np.random.Generator, num_users: int, n: int,
+                              positives: PositiveSet, chunk: int = 4096) -> np.ndarray:
+    """``(num_users, n)`` items: for each user ``n`` distinct items outside its positives.
+
+    Vectorised per chunk of users: draw more candidates than needed, drop positives and repeats
+    (keeping first occurrences, so what is kept stays a uniform random subset), take the first
+    ``n``; users left short are redrawn with more candidates.
+    """
+    counts = np.bincount((positives.keys // positives.num_items).astype(np.int64),
+                         minlength=num_users)
+    if np.any(positives.num_items - counts < n):
+        u = int(np.argmax(positives.num_items - counts < n))
+        raise ValueError(f"user {u} has only {positives.num_items - counts[u]} items it never "
+                         f"interacted with; {n} evaluation negatives are needed")
+    out = np.empty((num_users, n), np.int32)
+    todo = np.arange(num_users)
+    extra = 1.25
+    while len(todo):
+        for start in range(0, len(todo), chunk):
+            us = todo[start:start + chunk]
+            free = positives.num_items - counts[us]
+            m = int(np.ceil(n * extra * positives.num_items / max(int(free.min()), 1))) + 8
+            m = min(m, 64 * positives.num_items)
+            cand = rng.integers(0, positives.num_items, size=(len(us), m), dtype=np.int32)
+            ok = ~positives.contains(np.repeat(us, m).reshape(len(us), m), cand)
+            # drop repeats within a row, keeping the first occurrence
+            srt = np.argsort(cand, axis=1, kind="stable")
+            sc = np.take_along_axis(cand, srt, axis=1)
+            dup_sorted = np.zeros_like(ok)
+            dup_sorted[:, 1:] = sc[:, 1:] == sc[:, :-1]
+            dup = np.empty_like(dup_sorted)
+            np.put_along_axis(dup, srt, dup_sorted, axis=1)
+            ok &= ~dup
+            enough = ok.sum(axis=1) >= n
+            rows = np.flatnonzero(enough)
+            if len(rows):
+                okr = ok[rows]
+                rank = np.cumsum(okr, axis=1)
+                sel = okr & (rank <= n)
+                out[us[rows]] = cand[rows][sel].reshape(len(rows), n)
+            todo_mask = np.zeros(num_users, bool)
+            todo_mask[us[~enough]] = True
+            todo[start:start + chunk] = np.where(todo_mask[us], us, -1)
+        todo = todo[todo >= 0]
+        extra *= 2
+    return out
+
+
+def check_samplable(num_users: int, positives: PositiveSet) -> None:
+    counts = np.bincount((positives.keys // positives.num_items).astype(np.int64),
+                         minlength=num_users)
+    full = np.flatnonzero(counts >= positives.num_items)
+    if len(full):
+        raise ValueError(f"user {int(full[0])} interacted with every item: no negative exists")
+
+
+def prepare_from_raw(users, items, timestamps, *, num_eval_negatives: int = NUM_EVAL_NEGATIVES,
+                     min_ratings: int = MIN_RATINGS, data_seed: int = 0) -> Prepared:
+    """Steps 1-4 of the module docstring."""
+    num_users, num_items, tu, ti, test = leave_one_out(users, items, timestamps,
+                                                       min_ratings=min_ratings)
+    all_pos = PositiveSet(np.concatenate([tu, np.arange(num_users, dtype=np.int32)]),
+                          np.concatenate([ti, test]), num_items)
+    rng = np.random.default_rng([data_seed, 0x4E4346])
+    negs = sample_distinct_negatives(rng, num_users, num_eval_negatives, all_pos)
+    return Prepared(num_users, num_items, tu.astype(np.int32), ti.astype(np.int32),
+                    test.astype(np.int32), negs)
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _find_csv(data_dir: str) -> str | None:
+    for name in CSV_NAMES:
+        p = os.path.join(data_dir, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def _read_csv(path: str):
+    import pandas as pd  # a dependency of mlperf-logging
+
+    df = pd.read_csv(path, usecols=["userId", "movieId", "timestamp"],
+                     dtype={"userId": np.int64, "movieId": np.int64, "timestamp": np.int64})
+    return df["userId"].to_numpy(), df["movieId"].to_numpy(), df["timestamp"].to_numpy()
+
+
+def _read_tfds(data_dir: str | None):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        ds = tfds.load(TFDS_NAME, split="train", data_dir=data_dir, download=False,
+                       shuffle_files=False)
+    except (AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as e:  # not prepared
+        raise DatasetNotFoundError(
+            f"MovieLens-20M not found: looked for {' and '.join(os.path.join(data_dir or '?', n) for n in CSV_NAMES)}"
+            f" and for TFDS '{TFDS_NAME}' in {data_dir}; {PREPARE_HELP}") from e
+    ds = ds.map(lambda x: (x["user_id"], x["movie_id"], x["timestamp"]),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(1 << 16)
+    us, its, ts = [], [], []
+    for u, i, t in ds.as_numpy_iterator():
+        us.append(u), its.append(i), ts.append(t)
+    if not us:
+        raise DatasetNotFoundError(f"TFDS '{TFDS_NAME}' in {data_dir} is empty; {PREPARE_HELP}")
+    return np.concatenate(us), np.concatenate(its), np.concatenate(ts)
+
+
+def load_raw_ratings(data_dir: str):
+    """``(users, items, timestamps)`` in source order from ``ratings.csv`` or TFDS."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise DatasetNotFoundError(f"MovieLens-20M not found: data dir {data_dir!r} does not exist; "
+                                   f"{PREPARE_HELP}")
+    csv = _find_csv(data_dir)
+    if csv is not None:
+        return _read_csv(csv)
+    return _read_tfds(data_dir)
+
+
+def cache_path(cache_dir: str, *, num_eval_negatives: int, min_ratings: int, data_seed: int) -> str:
+    tag = hashlib.sha1(f"{CACHE_VERSION}:{num_eval_negatives}:{min_ratings}:{data_seed}".encode()
+                       ).hexdigest()[:10]
+    return os.path.join(cache_dir, f"ncf_ml20m_{tag}.npz")
+
+
+def prepare(data_dir: str, *, cache_dir: str | None = None,
+            num_eval_negatives: int = NUM_EVAL_NEGATIVES, min_ratings: int = MIN_RATINGS,
+            data_seed: int = 0, log=print) -> Prepared:
+    """The preprocessed dataset, from the cache when it is there (``Prepared``)."""
+    cache_dir = cache_dir or data_dir
+    path = cache_path(cache_dir, num_eval_negatives=num_eval_negatives, min_ratings=min_ratings,
+                      data_seed=data_seed) if cache_dir else None
+    if path and os.path.isfile(path):
+        try:
+            return Prepared.load(path)
+        except Exception as e:  # a broken cache is rebuilt, never trusted
+            log(f"movielens: ignoring unreadable cache {path}: {e}")
+    users, items, ts = load_raw_ratings(data_dir)
+    prepared = prepare_from_raw(users, items, ts, num_eval_negatives=num_eval_negatives,
+                                min_ratings=min_ratings, data_seed=data_seed)
+    if path:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            prepared.save(path)
+        except OSError as e:
+            log(f"movielens: could not write the cache {path}: {e}")
+    return prepared
+
+
+# --------------------------------------------------------------------------------------- batching
+def _threaded(gen_fn, prefetch: int) -> Iterator:
+    """Run a generator in a background thread, ``prefetch`` items ahead; stops when closed."""
+    if prefetch <= 0:
+        yield from gen_fn()
+        return
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def worker():
+        try:
+            for item in gen_fn():
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class TrainBatches:
+    """Training epochs: all positives plus ``num_negatives`` fresh negatives each, shuffled.
+
+    Epoch ``e`` is a permutation (seeded by ``(seed, e)``) of ``P * (1 + k)`` sample slots; slot
+    ``j`` is positive ``j // (1 + k)``, a negative when ``j % (1 + k) != 0``. Global batch ``s``
+    takes slots ``[s*B, (s+1)*B)``; the last one is padded with ``weight == 0`` rows. Each host
+    builds only its contiguous slice of every global batch, and draws the negatives of that slice
+    from a generator seeded by ``(seed, e, s, process_index)``: deterministic per (seed, epoch)
+    for a given host layout, so a resumed run sees what an uninterrupted run sees.
+    """
+
+    def __init__(self, prepared: Prepared, global_batch_size: int, *, num_negatives: int,
+                 seed: int, process_index: int = 0, process_count: int = 1, prefetch: int = 2):
+        if global_batch_size % process_count:
+            raise ValueError(f"global batch size {global_batch_size} does not split over "
+                             f"{process_count} hosts")
+        if num_negatives < 0:
+            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+        self.p = prepared
+        self.global_batch_size = int(global_batch_size)
+        self.local_batch_size = self.global_batch_size // process_count
+        self.k = int(num_negatives)
+        self.seed = int(seed)
+        self.process_index, self.process_count = process_index, process_count
+        self.prefetch = prefetch
+        self.positives = PositiveSet(prepared.train_users, prepared.train_items, prepared.num_items)
+        check_samplable(prepared.num_users, self.positives)
+        self.num_samples = prepared.num_train_positives * (1 + self.k)
+        self.steps_per_epoch = -(-self.num_samples // self.global_batch_size)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        dtype = np.int32 if self.num_samples < 2 ** 31 else np.int64
+        perm = np.arange(self.num_samples, dtype=dtype)
+        np.random.default_rng([self.seed, epoch, 0x5045524D]).shuffle(perm)
+        return perm
+
+    def batch(self, perm: np.ndarray, epoch: int, step: int) -> dict[str, np.ndarray]:
+        b = self.local_batch_size
+        lo = step * self.global_batch_size + self.process_index * b
+        slots = perm[lo:lo + b]
+        n = len(slots)
+        pos = slots // (1 + self.k)
+        neg = (slots % (1 + self.k)) != 0
+        users = np.zeros(b, np.int32)
+        items = np.zeros(b, np.int32)
+        users[:n] = self.p.train_users[pos]
+        items[:n] = self.p.train_items[pos]
+        rng = np.random.default_rng([self.seed, epoch, step, self.process_index, 0x4E4547])
+        nidx = np.flatnonzero(neg)
+        items[nidx] = sample_negatives(rng, users[nidx], self.positives)
+        label = np.zeros(b, np.float32)
+        label[:n] = (~neg).astype(np.float32)
+        weight = np.zeros(b, np.float32)
+        weight[:n] = 1.0
+        return {"user": users, "item": items, "label": label, "weight": weight}
+
+    def epoch(self, epoch: int, skip_steps: int = 0, params=None) -> Iterator[dict[str, np.ndarray]]:
+        def gen():
+            perm = self.permutation(epoch)
+            for step in range(skip_steps, self.steps_per_epoch):
+                yield self.batch(perm, epoch, step)
+
+        return _threaded(gen, self.prefetch)
+
+    def spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        g = self.global_batch_size
+        return {"user": ((g,), np.dtype(np.int32)), "item": ((g,), np.dtype(np.int32)),
+                "label": ((g,), np.dtype(np.float32)), "weight": ((g,), np.dtype(np.float32))}
+
+
+class EvalBatches:
+    """Fixed-size eval batches of users: ``items[:, 0]`` is the held-out positive, the rest its
+    negatives; padded rows have ``mask == 0``. Each host yields its slice of every global batch."""
+
+    def __init__(self, prepared: Prepared, eval_batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1):
+        if eval_batch_size % process_count:
+            raise ValueError(f"eval batch size {eval_batch_size} does not split over "
+                             f"{process_count} hosts")
+        self.p = prepared
+        self.global_batch_size = int(eval_batch_size)
+        self.local_batch_size = self.global_batch_size // process_count
+        self.process_index = process_index
+        self.items = np.concatenate([prepared.test_items[:, None], prepared.eval_negatives],
+                                    axis=1).astype(np.int32)
+        self.num_batches = -(-prepared.num_users // self.global_batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        b, n = self.local_batch_size, self.items.shape[1]
+        for s in range(self.num_batches):
+            lo = s * self.global_batch_size + self.process_index * b
+            hi = min(lo + b, self.p.num_users)
+            m = max(hi - lo, 0)
+            users = np.zeros(b, np.int32)
+            items = np.zeros((b, n), np.int32)
+            mask = np.zeros(b, np.float32)
+            if m:
+                users[:m] = np.arange(lo, hi, dtype=np.int32)
+                items[:m] = self.items[lo:hi]
+                mask[:m] = 1.0
+            yield {"user": users, "items": items, "mask": mask}
+
+    def spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        g, n = self.global_batch_size, self.items.shape[1]
+        return {"user": ((g,), np.dtype(np.int32)), "items": ((g, n), np.dtype(np.int32)),
+                "mask": ((g,), np.dtype(np.float32))}

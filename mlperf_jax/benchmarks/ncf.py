@@ -1,0 +1,228 @@
+"""NCF (NeuMF) on MovieLens-20M: the recommendation benchmark of the MLPerf v0.5 training suite.
+
+Reference: mlcommons/training tag v0.5, ``recommendation/pytorch`` (``convert.py``, ``ncf.py``,
+``neumf.py``, ``run_and_time.sh``): Adam (lr 0.0005, betas 0.9/0.999, eps 1e-8), batch 2048,
+binary cross-entropy on logits, 4 fresh negatives per positive each epoch, HR@10 over the held-out
+item and 999 negatives per user, evaluated every epoch, target 0.635, at most 20 epochs.
+
+This file is also the ``ml_collections`` config file of the benchmark (``ncf.py:tiny``); importing
+it has no side effects. See docs/ncf.md.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mlperf_jax.benchmarks.base import Benchmark, DataSource, DatasetNotFoundError
+
+REFERENCE_NUM_USERS = 138493
+REFERENCE_NUM_ITEMS = 26744
+
+
+def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # quality target and cadence (v0.5: HR@10 >= 0.635, evaluated every epoch)
+    c.target = 0.635
+    c.target_metric = "hr@10"
+    c.top_k = 10
+    c.eval_every_epochs = 1
+    c.eval_offset_epochs = 0
+    c.num_epochs = 20
+    # data (MovieLens-20M after the reference's preprocessing)
+    c.dataset = "tfds"
+    c.num_users = REFERENCE_NUM_USERS
+    c.num_items = REFERENCE_NUM_ITEMS
+    c.min_ratings = 20
+    c.num_negatives = 4
+    c.num_eval_negatives = 999
+    c.data_seed = 0  # fixes the evaluation negatives (as convert.py's --seed 0)
+    # model
+    c.mf_dim = 64
+    c.mlp_layer_sizes = (256, 256, 128, 64)
+    c.row_multiple = 64
+    c.dtype = "float32"
+    # optimizer (reference run_and_time.sh + ncf.py)
+    c.global_batch_size = 2048
+    c.learning_rate = 0.0005
+    c.adam_beta1 = 0.9
+    c.adam_beta2 = 0.999
+    c.adam_epsilon = 1e-8
+    c.eval_batch_size = 1024  # users per eval batch (each scores 1 + 999 items)
+    # runs: v0.5 asked for 100 runs and scored the first 50 that converge (MLPERF_RULES.md 1.2)
+    c.num_runs = 100
+    c.converged_runs_scored = 50
+    c.division = "closed"
+
+    if variant == "reference":
+        pass
+    elif variant == "tiny":
+        # Synthetic low-rank implicit feedback (input_pipelines/synthetic_movielens.py), a smaller
+        # NeuMF and a larger batch so that an epoch takes about a second on 2 CPU cores.
+        c.dataset = "synthetic"
+        c.division = "open"
+        c.num_users = 1000
+        c.num_items = 2000
+        c.min_ratings = 1
+        c.synthetic_rank = 8
+        c.synthetic_mean_interactions = 30
+        c.synthetic_sharpness = 3.0
+        c.mf_dim = 16
+        c.mlp_layer_sizes = (64, 32, 16, 8)
+        c.row_multiple = 8
+        c.global_batch_size = 1024
+        c.learning_rate = 0.002
+        c.eval_batch_size = 200
+        c.num_epochs = 30
+        c.target = 0.35
+    else:
+        raise ValueError(f"unknown ncf config variant {variant!r}; known: reference, tiny")
+    return c
+
+
+class NCF(Benchmark):
+    name = "ncf"
+    mlperf_name = "ncf"  # NCF is in no MLLOG ruleset after v0.5; see docs/ncf.md
+    config_names = ("reference", "tiny")
+    tunable_hparams = frozenset({"global_batch_size", "learning_rate"})
+
+    def get_config(self, variant: str) -> ml_collections.ConfigDict:
+        return get_config(variant)
+
+    # ------------------------------------------------------------------ data
+    def prepared(self, config: ml_collections.ConfigDict, data_dir: str | None):
+        from mlperf_jax.input_pipelines import movielens
+
+        if config.dataset == "synthetic":
+            from mlperf_jax.input_pipelines import synthetic_movielens
+
+            prepared, _ = synthetic_movielens.make(
+                int(config.num_users), int(config.num_items),
+                num_eval_negatives=int(config.num_eval_negatives), data_seed=int(config.data_seed),
+                rank=int(config.synthetic_rank),
+                mean_interactions=int(config.synthetic_mean_interactions),
+                sharpness=float(config.synthetic_sharpness))
+            return prepared
+        if config.dataset != "tfds":
+            raise ValueError(f"config.dataset must be 'tfds' or 'synthetic', got {config.dataset!r}")
+        if not data_dir:
+            raise DatasetNotFoundError("ncf needs --data_dir for MovieLens-20M (or --config=tiny "
+                                       "for the synthetic tiny track); " + movielens.PREPARE_HELP)
+        cache_dir = config.get("cache_dir", None) or os.path.join(data_dir, "ncf_cache")
+        return movielens.prepare(data_dir, cache_dir=cache_dir,
+                                 num_eval_negatives=int(config.num_eval_negatives),
+                                 min_ratings=int(config.min_ratings),
+                                 data_seed=int(config.data_seed))
+
+    def data_source(self, config, data_dir, *, seed, process_index, process_count) -> DataSource:
+        from mlperf_jax.input_pipelines import movielens
+
+        p = self.prepared(config, data_dir)
+        if p.num_users > config.num_users or p.num_items > config.num_items:
+            raise ValueError(f"the data has {p.num_users} users and {p.num_items} items but the "
+                             f"config sizes the model for {config.num_users} and {config.num_items}")
+        train = movielens.TrainBatches(p, int(config.global_batch_size),
+                                       num_negatives=int(config.num_negatives), seed=seed,
+                                       process_index=process_index, process_count=process_count)
+        ev = movielens.EvalBatches(p, int(config.eval_batch_size), process_index=process_index,
+                                   process_count=process_count)
+        src = DataSource(
+            num_train_samples=train.num_samples, num_eval_samples=p.num_users,
+            steps_per_epoch=train.steps_per_epoch, train_epoch=train.epoch,
+            eval_batches=ev.__iter__,
+            description=(f"{'synthetic MovieLens-like' if config.dataset == 'synthetic' else 'MovieLens-20M'}: "
+                         f"{p.num_users} users, {p.num_items} items, {p.num_train_positives} "
+                         f"train positives x (1 + {config.num_negatives} negatives)"),
+            synthetic=config.dataset == "synthetic")
+        # global shapes, so that the driver need not build a batch to learn them
+        src.train_spec = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in train.spec().items()}
+        src.eval_spec = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in ev.spec().items()}
+        return src
+
+    # ------------------------------------------------------------------ model
+    def model(self, config: ml_collections.ConfigDict):
+        from mlperf_jax.models import ncf as ncf_model
+
+        return ncf_model.NeuMF(num_users=int(config.num_users), num_items=int(config.num_items),
+                               mf_dim=int(config.mf_dim),
+                               mlp_layer_sizes=tuple(config.mlp_layer_sizes),
+                               row_multiple=int(config.row_multiple),
+                               dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
+
+    def init(self, config, rng):
+        z = jnp.zeros((1,), jnp.int32)
+        params = self.model(config).init(rng, z, z)["params"]
+        return params, {}
+
+    def loss_fn(self, config, params, model_state, batch, rng):
+        logits = self.model(config).apply({"params": params}, batch["user"], batch["item"])
+        w = batch["weight"]
+        bce = optax.sigmoid_binary_cross_entropy(logits, batch["label"])
+        loss = jnp.sum(w * bce) / jnp.maximum(jnp.sum(w), 1.0)
+        return loss, (model_state, {})
+
+    def optimizer(self, config, steps_per_epoch):
+        schedule = optax.constant_schedule(float(config.learning_rate))
+        tx = optax.adam(schedule, b1=float(config.adam_beta1), b2=float(config.adam_beta2),
+                        eps=float(config.adam_epsilon))
+        return tx, schedule
+
+    def hparams_to_log(self, config, steps_per_epoch) -> dict[str, Any]:
+        return {
+            "opt_name": "adam",
+            "opt_base_learning_rate": float(config.learning_rate),
+            "opt_adam_beta_1": float(config.adam_beta1),
+            "opt_adam_beta_2": float(config.adam_beta2),
+            "opt_adam_epsilon": float(config.adam_epsilon),
+            # v0.5 NCF keys (mlperf_compliance 0.0.10 tags)
+            "preproc_hp_min_ratings": int(config.min_ratings),
+            "preproc_hp_num_eval": int(config.num_eval_negatives),
+            "preproc_hp_sample_eval_replacement": False,
+            "input_hp_num_neg": int(config.num_negatives),
+            "input_hp_sample_train_replacement": True,
+            "eval_hp_num_users": int(config.num_users),
+            "eval_hp_num_neg": int(config.num_eval_negatives),
+            "model_hp_mf_dim": int(config.mf_dim),
+            "model_hp_mlp_layer_sizes": [int(x) for x in config.mlp_layer_sizes],
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_step(self, config, params, model_state, batch):
+        logits = self.model(config).apply({"params": params}, batch["user"], batch["items"])
+        return ranking_sums(logits, batch["mask"], int(config.top_k))
+
+    def eval_metric(self, config, outputs) -> float:
+        hits = sum(float(np.asarray(o["hits"])) for o in outputs)
+        count = sum(float(np.asarray(o["count"])) for o in outputs)
+        return hits / max(count, 1.0)
+
+    @staticmethod
+    def eval_summary(outputs) -> dict[str, float]:
+        """HR and NDCG from ``eval_step`` outputs."""
+        count = max(sum(float(np.asarray(o["count"])) for o in outputs), 1.0)
+        return {"hr": sum(float(np.asarray(o["hits"])) for o in outputs) / count,
+                "ndcg": sum(float(np.asarray(o["ndcg"])) for o in outputs) / count}
+
+    def throughput_units(self, config, batch):
+        return "samples", int(config.global_batch_size)
+
+
+def ranking_sums(scores: jax.Array, mask: jax.Array, k: int) -> dict[str, jax.Array]:
+    """HR@k and NDCG@k sums over a batch of users; ``scores[:, 0]`` is the held-out positive.
+
+    The positive's rank is the number of negatives scoring at least as high (ties count against
+    the positive, as the reference's stable ``heapq.nlargest`` with the positive listed last).
+    """
+    pos = scores[:, :1]
+    rank = jnp.sum(scores[:, 1:] >= pos, axis=1)
+    hit = (rank < k).astype(jnp.float32)
+    ndcg = hit * (jnp.log(2.0) / jnp.log(rank.astype(jnp.float32) + 2.0))
+    return {"hits": jnp.sum(hit * mask), "ndcg": jnp.sum(ndcg * mask), "count": jnp.sum(mask)}
+
+
+BENCHMARK = NCF()
