@@ -125,6 +125,8 @@ def query_samples_complete(responses: Iterable[QuerySampleResponse], response_cb
 class TestResult:
     """What a test produced; ``summary`` is the performance summary (None in accuracy mode)."""
 
+    __test__ = False
+
     settings: EffectiveSettings
     summary: PerformanceSummary | None
     outdir: str | None

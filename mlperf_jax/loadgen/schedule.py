@@ -97,9 +97,11 @@ def generate_queries(s: EffectiveSettings, mode: TestMode, loaded: LoadableSet) 
     # Construction order matters: each shuffle consumes the shared sample RNG.
     acc_order = _shuffled(range(0, dist_end, stride), sample_rng) if accuracy else None
     unique_order = _shuffled(range(0, dist_end, stride), sample_rng)
-    equal_issue = []
+    equal_issue: list[int] = []
+    perm = list(range(n_loaded))
     for _ in range(0, min_queries, n_loaded):
-        equal_issue.extend(_shuffled(n_loaded, sample_rng))
+        sample_rng.shuffle(perm)  # the official reshuffles the same vector each round
+        equal_issue.extend(perm)
 
     if (scenario == TestScenario.Offline and s.sample_concatenate_permutation and spq % n_loaded != 0):
         spq += n_loaded - spq % n_loaded
@@ -191,4 +193,4 @@ def generate_queries(s: EffectiveSettings, mode: TestMode, loaded: LoadableSet) 
         samples = loaded_samples[idx]
         offsets = np.arange(n + 1, dtype=np.int64) * spq
     return Queries(sched_ns=np.asarray(sched, dtype=np.int64), samples=samples.astype(np.int64),
-                   offsets=offsets, duration_ns=int(duration), samples_per_query=s.samples_per_query)
+                   offsets=offsets, duration_ns=int(duration), samples_per_query=int(spq))

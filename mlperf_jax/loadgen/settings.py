@@ -37,6 +37,7 @@ class ConfigError(ValueError):
 
 
 class TestScenario(enum.IntEnum):
+    __test__ = False  # not a pytest class
     SingleStream = 0
     MultiStream = 1
     Server = 2
@@ -47,6 +48,7 @@ class TestScenario(enum.IntEnum):
 
 
 class TestMode(enum.IntEnum):
+    __test__ = False
     SubmissionRun = 0
     AccuracyOnly = 1
     PerformanceOnly = 2
@@ -70,6 +72,8 @@ _U64 = (1 << 64) - 1
 @dataclasses.dataclass
 class TestSettings:
     """The official ``mlperf::TestSettings`` (same names, same defaults)."""
+
+    __test__ = False
 
     scenario: TestScenario = TestScenario.SingleStream
     mode: TestMode = TestMode.PerformanceOnly
