@@ -48,6 +48,10 @@ PREPARE_HELP = (
     "DATA_DIR/ml-20m/ratings.csv)")
 
 
+def _help(data_dir: str) -> str:
+    return PREPARE_HELP.replace("DATA_DIR", data_dir)
+
+
 # ----------------------------------------------------------------------------------------- arrays
 @dataclasses.dataclass
 class Prepared:
@@ -86,11 +90,11 @@ class Prepared:
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Codes ``0..n-1`` in order of first appearance (like ``pandas.factorize``), and ``n``."""
-    uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    rank = np.empty(len(uniq), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
-    return rank[inverse.reshape(-1)].astype(np.int32), len(uniq)
+    """Codes ``0..n-1`` in order of first appearance, and ``n`` (hash based, O(n))."""
+    import pandas as pd  # a dependency of mlperf-logging
+
+    codes, uniques = pd.factorize(np.asarray(values))
+    return codes.astype(np.int32), len(uniques)
 
 
 def leave_one_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, *,
@@ -256,24 +260,30 @@ def _read_tfds(data_dir: str | None):
         ds = tfds.load(TFDS_NAME, split="train", data_dir=data_dir, download=False,
                        shuffle_files=False)
     except (AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as e:  # not prepared
+        looked = ", ".join(os.path.join(data_dir, n) for n in CSV_NAMES)
         raise DatasetNotFoundError(
-            f"MovieLens-20M not found: looked for {' and '.join(os.path.join(data_dir or '?', n) for n in CSV_NAMES)}"
-            f" and for TFDS '{TFDS_NAME}' in {data_dir}; {PREPARE_HELP}") from e
+            f"MovieLens-20M not found: looked for {looked} and for TFDS '{TFDS_NAME}' in "
+            f"{data_dir}; {_help(data_dir)}") from e
     ds = ds.map(lambda x: (x["user_id"], x["movie_id"], x["timestamp"]),
                 num_parallel_calls=tf.data.AUTOTUNE).batch(1 << 16)
     us, its, ts = [], [], []
     for u, i, t in ds.as_numpy_iterator():
         us.append(u), its.append(i), ts.append(t)
     if not us:
-        raise DatasetNotFoundError(f"TFDS '{TFDS_NAME}' in {data_dir} is empty; {PREPARE_HELP}")
-    return np.concatenate(us), np.concatenate(its), np.concatenate(ts)
+        raise DatasetNotFoundError(f"TFDS '{TFDS_NAME}' in {data_dir} is empty; {_help(data_dir)}")
+    us, its = np.concatenate(us), np.concatenate(its)
+    try:  # MovieLens ids are numeric strings; ints factorize faster than bytes
+        us, its = us.astype(np.bytes_).astype(np.int64), its.astype(np.bytes_).astype(np.int64)
+    except ValueError:
+        pass
+    return us, its, np.concatenate(ts)
 
 
 def load_raw_ratings(data_dir: str):
     """``(users, items, timestamps)`` in source order from ``ratings.csv`` or TFDS."""
     if not data_dir or not os.path.isdir(data_dir):
         raise DatasetNotFoundError(f"MovieLens-20M not found: data dir {data_dir!r} does not exist; "
-                                   f"{PREPARE_HELP}")
+                                   f"{_help(data_dir or 'DATA_DIR')}")
     csv = _find_csv(data_dir)
     if csv is not None:
         return _read_csv(csv)
