@@ -561,9 +561,7 @@ def start_test(sut: SystemUnderTest, qsl: QuerySampleLibrary, settings: TestSett
     if outdir is None:
         outdir = log_settings.log_output.outdir
     settings = TestSettings(**dataclasses.asdict(settings)) if dataclasses.is_dataclass(settings) else settings
-    settings.scenario = TestScenario(settings.scenario)
-    settings.mode = TestMode(settings.mode)
-    settings.validate()
+    settings.validate()  # also turns official-binding enums into ours
     total = int(qsl.total_sample_count)
     perf = int(qsl.performance_sample_count)
     if total <= 0:

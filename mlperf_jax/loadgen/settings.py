@@ -245,14 +245,8 @@ class TestSettings:
     # -------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value is out of range."""
-        try:
-            self.scenario = TestScenario(self.scenario)
-        except ValueError:
-            raise ConfigError(f"scenario: invalid value {self.scenario!r}") from None
-        try:
-            self.mode = TestMode(self.mode)
-        except ValueError:
-            raise ConfigError(f"mode: invalid value {self.mode!r}") from None
+        self.scenario = _coerce_enum(TestScenario, self.scenario, "scenario")
+        self.mode = _coerce_enum(TestMode, self.mode, "mode")
         for f in ("single_stream_target_latency_percentile", "multi_stream_target_latency_percentile",
                   "server_target_latency_percentile"):
             v = getattr(self, f)
@@ -282,6 +276,18 @@ class TestSettings:
                 raise ConfigError(f"{f}: must be a non-negative integer, got {v!r}")
         if self.performance_issue_unique and self.performance_issue_same:
             raise ConfigError("performance_issue_unique, performance_issue_same: cannot both be true")
+
+
+def _coerce_enum(cls, v, field: str):
+    """Accept our enums, names, ints, or the official binding's enum values."""
+    try:
+        if isinstance(v, cls):
+            return v
+        if isinstance(v, str):
+            return cls[v]
+        return cls(int(v))
+    except (KeyError, ValueError, TypeError):
+        raise ConfigError(f"{field}: invalid value {v!r}; expected one of {', '.join(m.name for m in cls)}") from None
 
 
 # Every key the official FromConfig understands (plus target_duration, present in the official
