@@ -140,7 +140,10 @@ class TestResult:
 
 
 class _Run:
-    """Bookkeeping for one IssueQueries call (one loadable set)."""
+    """Bookkeeping for one IssueQueries call (one loadable set).
+
+    Plain lists, not numpy arrays: per-element access from Python is several times faster,
+    and the completion path is the hot loop of a fast SUT."""
 
     def __init__(self, q: _schedule.Queries, base_id: int, log_all: bool, log_prob: float,
                  acc_offset: float, acc_vals: np.ndarray | None):
@@ -148,13 +151,13 @@ class _Run:
         self.base = base_id
         n = int(q.offsets[-1])
         self.n = n
-        self.done = np.zeros(n, dtype=np.int64)
+        self.done = [0] * n
         nq = q.count
         sizes = np.diff(q.offsets)
         self.uniform_spq = int(sizes[0]) if nq and np.all(sizes == sizes[0]) else 0
-        self.sample_query = None if self.uniform_spq else np.repeat(np.arange(nq), sizes)
-        self.remaining = sizes.astype(np.int64).copy()
-        self.qdone = np.zeros(nq, dtype=np.int64)
+        self.sample_query = None if self.uniform_spq else np.repeat(np.arange(nq), sizes).tolist()
+        self.remaining = sizes.tolist()
+        self.qdone = self.done if self.uniform_spq == 1 else [0] * nq
         self.issued_samples = 0
         self.completed = 0
         self.completed_queries = 0
@@ -194,8 +197,6 @@ class _Test:
     # ------------------------------------------------------------- completion
     def complete(self, responses, response_cb=None) -> None:
         t = _clock()
-        if not isinstance(responses, (list, tuple)):
-            responses = list(responses)
         with self.lock:
             run = self.run
             if run is None:
@@ -203,56 +204,49 @@ class _Test:
                 self._error_locked(f"SUT answered ids {ids} while no query was outstanding")
                 raise ResponseError(f"QuerySamplesComplete: response ids {ids} arrived while no query "
                                     "was outstanding")
-            base, done = run.base, run.done
-            if len(responses) > 64:
-                ids = np.fromiter((r.id for r in responses), dtype=np.int64, count=len(responses)) - base
-                bad = (ids < 0) | (ids >= run.issued_samples)
-                if bad.any():
-                    rid = int(ids[np.flatnonzero(bad)[0]] + base)
-                    self._error_locked(f"SUT answered unknown response id {rid}")
-                    raise ResponseError(f"QuerySamplesComplete: unknown response id {rid} "
-                                        f"(not an id of an issued, unanswered sample)")
-                uniq, counts = np.unique(ids, return_counts=True)
-                dup = uniq[counts > 1]
-                already = ids[done[ids] != 0]
-                if dup.size or already.size:
-                    rid = int((dup[0] if dup.size else already[0]) + base)
-                    self._error_locked(f"SUT answered sample id {rid} more than once")
-                    raise ResponseError(f"QuerySamplesComplete: response id {rid} answered more than once")
-                done[ids] = t
-                qidx = ids // run.uniform_spq if run.uniform_spq else run.sample_query[ids]
-                qi, qc = np.unique(qidx, return_counts=True)
-                run.remaining[qi] -= qc
-                fin = qi[run.remaining[qi] == 0]
-                run.qdone[fin] = t
-                run.completed_queries += int(fin.size)
-                run.completed += int(ids.size)
-                if run.log_all or run.log_prob > 0:
-                    for r, pos in zip(responses, ids.tolist()):
-                        self._maybe_log(run, r, pos, response_cb)
-            else:
-                spq = run.uniform_spq
-                for r in responses:
-                    pos = r.id - base
-                    if pos < 0 or pos >= run.issued_samples:
-                        self._error_locked(f"SUT answered unknown response id {r.id}")
-                        raise ResponseError(f"QuerySamplesComplete: unknown response id {r.id} "
-                                            f"(not an id of an issued, unanswered sample)")
-                    if done[pos]:
-                        self._error_locked(f"SUT answered sample id {r.id} more than once")
-                        raise ResponseError(f"QuerySamplesComplete: response id {r.id} answered more than once")
-                    done[pos] = t
-                    qi = pos // spq if spq else int(run.sample_query[pos])
-                    rem = run.remaining[qi] - 1
-                    run.remaining[qi] = rem
-                    if rem == 0:
-                        run.qdone[qi] = t
-                        run.completed_queries += 1
-                    run.completed += 1
-                    if run.log_all or run.log_prob > 0:
-                        self._maybe_log(run, r, pos, response_cb)
-            if run.completed >= run.wait_target:
-                run.event.set()
+            base, done, issued = run.base, run.done, run.issued_samples
+            spq = run.uniform_spq
+            logging = run.log_all or run.log_prob > 0
+            k = 0
+            try:
+                if spq == 1:
+                    for r in responses:
+                        pos = r.id - base
+                        if pos < 0 or pos >= issued or done[pos]:
+                            self._bad_response(run, r.id, pos, issued)
+                        done[pos] = t
+                        k += 1
+                        if logging:
+                            self._maybe_log(run, r, pos, response_cb)
+                    run.completed_queries += k
+                else:
+                    remaining, qdone, sq = run.remaining, run.qdone, run.sample_query
+                    for r in responses:
+                        pos = r.id - base
+                        if pos < 0 or pos >= issued or done[pos]:
+                            self._bad_response(run, r.id, pos, issued)
+                        done[pos] = t
+                        k += 1
+                        qi = pos // spq if spq else sq[pos]
+                        rem = remaining[qi] - 1
+                        remaining[qi] = rem
+                        if rem == 0:
+                            qdone[qi] = t
+                            run.completed_queries += 1
+                        if logging:
+                            self._maybe_log(run, r, pos, response_cb)
+            finally:
+                run.completed += k
+                if run.completed >= run.wait_target:
+                    run.event.set()
+
+    def _bad_response(self, run: _Run, rid, pos: int, issued: int) -> None:
+        if isinstance(pos, int) and 0 <= pos < issued:
+            self._error_locked(f"SUT answered sample id {rid} more than once")
+            raise ResponseError(f"QuerySamplesComplete: response id {rid} answered more than once")
+        self._error_locked(f"SUT answered unknown response id {rid}")
+        raise ResponseError(f"QuerySamplesComplete: unknown response id {rid} "
+                            f"(not an id of an issued, unanswered sample)")
 
     def _maybe_log(self, run: _Run, r: QuerySampleResponse, pos: int, response_cb) -> None:
         if not run.log_all:
@@ -299,6 +293,120 @@ class _Test:
                 if self.sut_exception is not None:
                     return False
 
+    def _issue_server_fast(self, run: _Run, sched, samp, issued_at, start, max_dur, max_q, max_async) -> int:
+        """Server, one sample per query, performance mode: the tight loop."""
+        sut_issue = self.sut.issue_queries
+        clock, sleep, QS = _clock, time.sleep, QuerySample
+        base = run.base
+        d = self.detail
+        n = 0
+        for i in range(len(sched)):
+            target = start + sched[i]
+            now = clock()
+            while now < target:
+                delta = target - now
+                sleep(delta * 1e-9 if delta > 60_000 else 0)
+                now = clock()
+            issued_at[i] = now
+            run.issued_samples = i + 1
+            n = i + 1
+            try:
+                sut_issue([QS(base + i, samp[i])])
+            except ResponseError:
+                break
+            except BaseException as e:  # noqa: BLE001 - reported, logs written, re-raised later
+                self.sut_exception = e
+                self.error(f"SUT raised {type(e).__name__}: {e} (in issue_queries, query {i})")
+                break
+            if self.errors:
+                break
+            if max_async and n - run.completed_queries > max_async:
+                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Too many outstanding queries. "
+                        f"issued {n} outstanding {n - run.completed_queries}")
+                break
+            if max_q and n >= max_q:
+                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Max query count reached. query_count {n}")
+                break
+            if max_dur and now - start > max_dur:
+                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Max test duration reached. "
+                        f"duration_ns {now - start}")
+                break
+        return n
+
+    def _issue_generic(self, run: _Run, s: EffectiveSettings, sched, offs, samp, issued_at, scheduled_at,
+                       start, deadline, accuracy, ran_out):
+        scenario = s.scenario
+        sut, d, base = self.sut, self.detail, run.base
+        max_dur = s.max_duration_ms * 1_000_000
+        target_dur = s.target_duration_ms * 1_000_000
+        min_q, max_q, max_async = s.min_query_count, s.max_query_count, s.max_async_queries
+        clock, sleep = _clock, time.sleep
+        queries_issued = 0
+        for i in range(len(sched)):
+            if scenario == TestScenario.Server:
+                target = start + sched[i]
+                now = clock()
+                while now < target:
+                    delta = target - now
+                    sleep(delta * 1e-9 if delta > 60_000 else 0)
+                    now = clock()
+                scheduled_at[i] = target
+            elif scenario == TestScenario.Offline:
+                now = clock()
+                scheduled_at[i] = start
+            else:
+                if i:
+                    if not self._wait_completed(run, offs[i], deadline):
+                        if self.sut_exception is None:
+                            self.error(f"SUT did not answer query {i - 1} (sample ids "
+                                       f"{base + offs[i - 1]}..{base + offs[i] - 1}) before max_duration "
+                                       f"({s.max_duration_ms} ms)")
+                        ran_out = False
+                        break
+                now = clock()
+                scheduled_at[i] = now
+            issued_at[i] = now
+            a, b = offs[i], offs[i + 1]
+            qs = [QuerySample(base + j, samp[j]) for j in range(a, b)]
+            run.issued_samples = b
+            queries_issued += 1
+            try:
+                sut.issue_queries(qs)
+            except ResponseError:
+                ran_out = False
+                break
+            except BaseException as e:  # noqa: BLE001 - reported, logs written, re-raised later
+                self.sut_exception = e
+                self.error(f"SUT raised {type(e).__name__}: {e} (in issue_queries, query {i})")
+                ran_out = False
+                break
+            if self.errors:
+                ran_out = False
+                break
+            if accuracy:
+                continue
+            duration = now - start
+            if scenario == TestScenario.Server:
+                if max_async and queries_issued - run.completed_queries > max_async:
+                    d.error("error_runtime", f"IssueQueryThread 0 Ending early: Too many outstanding queries. "
+                            f"issued {queries_issued} outstanding {queries_issued - run.completed_queries}")
+                    break
+            elif queries_issued >= min_q and duration >= target_dur:
+                d.log("generic_message", "Ending naturally: Minimum query count and test duration met.")
+                ran_out = False
+                break
+            if max_q and queries_issued >= max_q:
+                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Max query count reached. "
+                        f"query_count {queries_issued}")
+                ran_out = False
+                break
+            if max_dur and duration > max_dur:
+                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Max test duration reached. "
+                        f"duration_ns {duration}")
+                ran_out = False
+                break
+        return queries_issued, ran_out
+
     def issue_queries(self, s: EffectiveSettings, mode: TestMode, loaded: _schedule.LoadableSet) -> PerformanceResult:
         q = _schedule.generate_queries(s, mode, loaded)
         d = self.detail
@@ -339,84 +447,20 @@ class _Test:
         scenario = s.scenario
         base = run.base
         max_dur = s.max_duration_ms * 1_000_000
-        target_dur = s.target_duration_ms * 1_000_000
-        min_q, max_q = s.min_query_count, s.max_query_count
+        max_q = s.max_query_count
         max_async = s.max_async_queries
-        lock = self.lock
-        queries_issued = 0
         ran_out = scenario != TestScenario.Server
         start = _clock()
         start_wall = time.time()
         deadline = start + max_dur if max_dur else None
-        sleep = time.sleep
-        clock = _clock
-        for i in range(nq):
-            if scenario == TestScenario.Server:
-                target = start + sched[i]
-                now = clock()
-                if now < target:
-                    while True:
-                        delta = target - now
-                        if delta <= 0:
-                            break
-                        sleep(delta / 1e9 if delta > 60_000 else 0)
-                        now = clock()
-                scheduled_at[i] = target
-            elif scenario == TestScenario.Offline:
-                now = clock()
-                scheduled_at[i] = start
-            else:
-                if i:
-                    if not self._wait_completed(run, offs[i], deadline):
-                        if self.sut_exception is None:
-                            self.error(f"SUT did not answer query {i - 1} (sample ids "
-                                       f"{base + offs[i - 1]}..{base + offs[i] - 1}) before max_duration "
-                                       f"({s.max_duration_ms} ms)")
-                        ran_out = False
-                        break
-                now = clock()
-                scheduled_at[i] = now
-            issued_at[i] = now
-            a, b = offs[i], offs[i + 1]
-            qs = [QuerySample(base + j, samp[j]) for j in range(a, b)]
-            with lock:
-                run.issued_samples = b
-            queries_issued += 1
-            try:
-                sut.issue_queries(qs)
-            except ResponseError:
-                ran_out = False
-                break
-            except BaseException as e:  # noqa: BLE001 - reported, logs written, re-raised later
-                self.sut_exception = e
-                self.error(f"SUT raised {type(e).__name__}: {e} (in issue_queries, query {i})")
-                ran_out = False
-                break
-            if self.errors:
-                ran_out = False
-                break
-            if accuracy:
-                continue
-            duration = now - start
-            if scenario == TestScenario.Server:
-                if max_async and queries_issued - run.completed_queries > max_async:
-                    d.error("error_runtime", f"IssueQueryThread 0 Ending early: Too many outstanding queries. "
-                            f"issued {queries_issued} outstanding {queries_issued - run.completed_queries}")
-                    break
-            elif queries_issued >= min_q and duration >= target_dur:
-                d.log("generic_message", "Ending naturally: Minimum query count and test duration met.")
-                ran_out = False
-                break
-            if max_q and queries_issued >= max_q:
-                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Max query count reached. "
-                        f"query_count {queries_issued}")
-                ran_out = False
-                break
-            if max_dur and duration > max_dur:
-                d.error("error_runtime", f"IssueQueryThread 0 Ending early: Max test duration reached. "
-                        f"duration_ns {duration}")
-                ran_out = False
-                break
+        if scenario == TestScenario.Server and run.uniform_spq == 1 and not accuracy:
+            queries_issued = self._issue_server_fast(run, sched, samp, issued_at, start, max_dur, max_q, max_async)
+            ran_out = False
+        else:
+            queries_issued, ran_out = self._issue_generic(
+                run, s, sched, offs, samp, issued_at, scheduled_at, start, deadline, accuracy, ran_out)
+        if scenario == TestScenario.Server:
+            scheduled_at = [start + x for x in sched]
 
         if self.sut_exception is None:
             try:
@@ -439,7 +483,7 @@ class _Test:
         extra: list[str] = []
         unanswered = issued_samples - completed
         if not ok and unanswered > 0:
-            missing = np.flatnonzero(run.done[:issued_samples] == 0)
+            missing = np.flatnonzero(np.asarray(run.done[:issued_samples], dtype=np.int64) == 0)
             first = int(missing[0]) if missing.size else 0
             msg = (f"SUT did not answer {unanswered} of {issued_samples} issued samples before "
                    + (f"max_duration ({s.max_duration_ms} ms)" if max_dur else "the test ended")
@@ -449,7 +493,8 @@ class _Test:
         if self.errors:
             extra = list(dict.fromkeys(self.errors))
         # Power markers: wall clock of the start and of the last completion.
-        last_done = int(run.done[:issued_samples].max()) if issued_samples else start
+        done = np.asarray(run.done[:issued_samples], dtype=np.int64)
+        last_done = int(done.max()) if issued_samples else start
         d.log("power_begin", _power_time(start_wall), event_type="INTERVAL_START")
         d.log("power_end", _power_time(start_wall + max(0, last_done - start) / 1e9), event_type="INTERVAL_END")
         self.acc.add_many(run.acc_rows)
@@ -458,11 +503,11 @@ class _Test:
         nqi = queries_issued
         iss = np.asarray(issued_at[:nqi], dtype=np.int64)
         sch = np.asarray(scheduled_at[:nqi], dtype=np.int64)
-        done = run.done[:issued_samples]
-        qid = (np.arange(issued_samples) // run.uniform_spq) if run.uniform_spq else run.sample_query[:issued_samples]
+        qid = ((np.arange(issued_samples) // run.uniform_spq) if run.uniform_spq
+               else np.asarray(run.sample_query[:issued_samples], dtype=np.int64))
         answered = done != 0
         lat = (done - sch[qid])[answered]
-        qd = run.qdone[:nqi]
+        qd = np.asarray(run.qdone[:nqi], dtype=np.int64)
         q_lat = (qd - sch)[qd != 0] if scenario == TestScenario.MultiStream else np.empty(0, np.int64)
         if nqi:
             fq = nqi - 1
