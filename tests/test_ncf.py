@@ -1,0 +1,218 @@
+"""NCF benchmark: HR@10/NDCG@10, NeuMF, configs, sharded embeddings, tiny track, MLLOG structure."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlperf_jax import benchmarks
+from mlperf_jax.benchmarks import ncf
+from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.models import ncf as ncf_model
+
+
+def _brute_force(scores: np.ndarray, mask: np.ndarray, k: int):
+    """Rank all 1 + n candidates by score with a stable sort, the positive listed last (as the
+    reference's heapq.nlargest over negatives + [positive]); hit if it is in the top k."""
+    hits, ndcgs = 0.0, 0.0
+    for row, m in zip(scores, mask):
+        cand = np.concatenate([row[1:], row[:1]])  # positive last
+        order = np.argsort(-cand, kind="stable")
+        top = list(order[:k])
+        pos_index = len(cand) - 1
+        if pos_index in top:
+            hits += m
+            ndcgs += m * np.log(2) / np.log(top.index(pos_index) + 2)
+    return hits, ndcgs
+
+
+@pytest.mark.parametrize("levels", [None, 7])
+def test_hit_rate_and_ndcg_match_brute_force(levels):
+    rng = np.random.default_rng(0 if levels is None else 1)
+    scores = rng.standard_normal((200, 1000)).astype(np.float32)
+    scores[:, 0] += rng.uniform(0, 4, 200).astype(np.float32)  # spread the positive's rank
+    if levels:  # heavy ties
+        scores = np.round(scores * levels / 4) / levels
+    mask = (rng.uniform(size=200) > 0.1).astype(np.float32)
+    out = jax.jit(ncf.ranking_sums, static_argnums=2)(jnp.asarray(scores), jnp.asarray(mask), 10)
+    hits, ndcg = _brute_force(scores, mask, 10)
+    assert 0 < hits < mask.sum()
+    assert float(out["hits"]) == hits
+    np.testing.assert_allclose(float(out["ndcg"]), ndcg, rtol=1e-5)
+    assert float(out["count"]) == mask.sum()
+    hr = ncf.BENCHMARK.eval_metric(ncf.get_config("tiny"), [jax.device_get(out)])
+    assert hr == pytest.approx(hits / mask.sum())
+
+
+def test_neumf_shapes_init_and_ranking_mode():
+    model = ncf_model.NeuMF(num_users=100, num_items=300, mf_dim=64,
+                            mlp_layer_sizes=(256, 256, 128, 64), row_multiple=64)
+    z = jnp.zeros((1,), jnp.int32)
+    params = model.init(jax.random.key(0), z, z)["params"]
+    assert params["mf_user_embed"].shape == (128, 64) and params["mlp_item_embed"].shape == (320, 128)
+    assert params["mlp_0_kernel"].shape == (256, 256) and params["final_kernel"].shape == (128, 1)
+    assert abs(float(jnp.std(params["mf_item_embed"])) - 0.01) < 0.001  # N(0, 0.01)
+    lim = np.sqrt(6 / (256 + 128))  # Glorot uniform bound of the 256 -> 128 layer
+    assert float(jnp.max(jnp.abs(params["mlp_1_kernel"]))) <= lim
+    # make the outputs non-trivial, then compare (b, n) ranking mode with flat pairs
+    params = jax.tree.map(lambda x: x * 30 if x.ndim == 2 and x.shape[1] != 1 else x, params)
+    users = jnp.arange(8, dtype=jnp.int32)
+    items = jax.random.randint(jax.random.key(1), (8, 50), 0, 300)
+    ranked = model.apply({"params": params}, users, items)
+    flat = model.apply({"params": params}, jnp.repeat(users, 50), items.reshape(-1))
+    assert ranked.shape == (8, 50)
+    np.testing.assert_allclose(np.asarray(ranked).reshape(-1), np.asarray(flat), rtol=2e-4,
+                               atol=2e-4)
+    assert float(jnp.std(ranked)) > 0.01
+
+
+def test_configs_and_contract():
+    assert benchmarks.get("ncf") is ncf.BENCHMARK
+    assert benchmarks.config_file("ncf").endswith("ncf.py")
+    ref, tiny = ncf.get_config("reference"), ncf.get_config("tiny")
+    b = ncf.BENCHMARK
+    for c in (ref, tiny):
+        b.check_config(c)
+        for key in ("target", "target_metric", "global_batch_size", "num_epochs", "eval_every_epochs",
+                    "eval_offset_epochs", "eval_batch_size", "dtype", "dataset", "num_runs",
+                    "division"):
+            assert key in c
+    assert (ref.target, ref.learning_rate, ref.global_batch_size, ref.adam_beta1, ref.adam_beta2,
+            ref.mf_dim, tuple(ref.mlp_layer_sizes)) == (0.635, 0.0005, 2048, 0.9, 0.999, 64,
+                                                       (256, 256, 128, 64))
+    assert (ref.num_runs, ref.converged_runs_scored) == (100, 50)
+    assert b.closed_division_violations(ref, ref) == []
+    assert tiny.division == "open" and tiny.dataset == "synthetic"
+    assert b.closed_division_violations(tiny, ref)  # the tiny model differs from the reference
+    with pytest.raises(ValueError):
+        ncf.get_config("huge")
+    with pytest.raises(DatasetNotFoundError, match="--data_dir"):
+        b.data_source(ref, None, seed=0, process_index=0, process_count=1)
+    keys = b.hparams_to_log(ref, 10)
+    assert keys["opt_name"] == "adam" and keys["input_hp_num_neg"] == 4
+    assert keys["eval_hp_num_neg"] == 999 and keys["opt_adam_epsilon"] == 1e-8
+
+
+def test_one_train_step_and_eval_on_tiny():
+    import optax
+
+    b, c = ncf.BENCHMARK, ncf.get_config("tiny")
+    c.num_users, c.num_items = 300, 1500
+    data = b.data_source(c, None, seed=0, process_index=0, process_count=1)
+    batch = next(iter(data.train_epoch(1, 0, None)))
+    assert {k: v.shape for k, v in batch.items()} == {k: s.shape for k, s in data.train_spec.items()}
+    params, state = b.init(c, jax.random.key(0))
+    tx, _ = b.optimizer(c, data.steps_per_epoch)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, batch):
+        (loss, _), g = jax.value_and_grad(lambda p: b.loss_fn(c, p, state, batch, None),
+                                          has_aux=True)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    losses = []
+    for _ in range(30):
+        params, opt, loss = step(params, opt, batch)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    outs = [jax.device_get(jax.jit(lambda p, e: b.eval_step(c, p, state, e))(params, e))
+            for e in data.eval_batches()]
+    assert sum(float(o["count"]) for o in outs) == data.num_eval_samples
+    assert 0.0 <= b.eval_metric(c, outs) <= 1.0
+
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from mlperf_jax.benchmarks import ncf
+    from mlperf_jax.models import ncf as ncf_model
+    b, c = ncf.BENCHMARK, ncf.get_config("tiny")
+    c.num_users, c.num_items, c.row_multiple = 300, 1500, 4
+    data = b.data_source(c, None, seed=0, process_index=0, process_count=1)
+    batch = next(iter(data.train_epoch(1, 0, None)))
+    ev = next(iter(data.eval_batches()))
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    params, state = b.init(c, jax.random.key(0))
+    tx, _ = b.optimizer(c, 1)
+    def step(params, opt, batch):
+        (loss, _), g = jax.value_and_grad(lambda p: b.loss_fn(c, p, state, batch, None), has_aux=True)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+    def run(specs):
+        psh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+        p = jax.device_put(params, psh)
+        o = tx.init(p)
+        bsh = NamedSharding(mesh, P("data"))
+        bt = {k: jax.device_put(v, bsh) for k, v in batch.items()}
+        f = jax.jit(step)
+        for _ in range(3):
+            p, o, loss = f(p, o, bt)
+        e = jax.jit(lambda p, x: b.eval_step(c, p, state, x))(p, {k: jax.device_put(v, bsh) for k, v in ev.items()})
+        return p, float(loss), jax.device_get(e)
+    specs = ncf_model.param_partition_specs(params)
+    assert specs["mf_user_embed"] == P("data", None) and specs["final_bias"] == P()
+    p1, l1, e1 = run(specs)
+    assert len(p1["mlp_item_embed"].sharding.device_set) == 4
+    assert p1["mlp_item_embed"].addressable_shards[0].data.shape[0] == p1["mlp_item_embed"].shape[0] // 4
+    p0, l0, e0 = run(jax.tree.map(lambda _: P(), specs))
+    np.testing.assert_allclose(l0, l1, rtol=1e-5)
+    for k in p0:
+        np.testing.assert_allclose(np.asarray(p0[k]), np.asarray(p1[k]), rtol=1e-4, atol=1e-6)
+    assert float(e0["hits"]) == float(e1["hits"])
+    print("SHARDED-OK")
+""")
+
+
+def test_embedding_tables_sharded_over_mesh():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert "SHARDED-OK" in r.stdout, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ tiny track through the driver
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    train = pytest.importorskip("mlperf_jax.train")
+    workdir = str(tmp_path_factory.mktemp("ncf_tiny"))
+    config = ncf.get_config("tiny")
+    opts = train.RunOptions(workdir=workdir, num_runs=1, checkpoint=False, progress=False,
+                            config_name="tiny")
+    result = train.train("ncf", config, opts, print_fn=lambda *_: None)
+    return result, workdir
+
+
+def test_tiny_track_reaches_target(tiny_run):
+    result, _ = tiny_run
+    (run,) = result.runs
+    assert run.status == "success" and run.metric >= ncf.get_config("tiny").target
+    assert run.epochs <= ncf.get_config("tiny").num_epochs
+
+
+@pytest.mark.parametrize("ruleset", ["0.7.0", "6.0.0"])
+def test_log_passes_checker_common_rules(tiny_run, ruleset, tmp_path):
+    _, workdir = tiny_run
+    log = os.path.join(workdir, "result_0.txt")
+    valid, messages = ncf.check_log(log, ruleset)
+    assert valid, messages
+    text = open(log).read()
+    # the checker catches what it should: a missing key ...
+    broken = tmp_path / "no_train_samples.txt"
+    broken.write_text("".join(l for l in text.splitlines(True) if '"key": "train_samples"' not in l))
+    assert not ncf.check_log(str(broken), ruleset)[0]
+    # ... and a tiny-track log claiming the closed division fails the NCF closed rules
+    closed = tmp_path / "closed.txt"
+    closed.write_text(text.replace('"key": "submission_division", "value": "open"',
+                                   '"key": "submission_division", "value": "closed"'))
+    valid, messages = ncf.check_log(str(closed), ruleset)
+    assert not valid and any("model_hp_mf_dim" in m or "eval_accuracy" in m for m in messages)
