@@ -43,6 +43,10 @@ class DataSource:
     eval_batches: Callable[[], Iterator[Batch]]
     description: str = ""
     synthetic: bool = False
+    #: shapes and dtypes of one *global* train / eval batch, so the driver compiles ahead of time
+    #: without reading data before ``run_start``; when None it peeks at the first batch instead
+    train_spec: dict[str, jax.ShapeDtypeStruct] | None = None
+    eval_spec: dict[str, jax.ShapeDtypeStruct] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

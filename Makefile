@@ -1,0 +1,28 @@
+# Two commands a newcomer needs: `make train` and `make test`. Each sets itself up in .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BENCHMARK ?= resnet50
+ARGS ?=
+
+.PHONY: train test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Train a benchmark's tiny track (synthetic data, 2 CPU cores): N runs, olympic mean, table.
+train: $(STAMP)
+	$(PY) -m mlperf_jax.train --benchmark=$(BENCHMARK) --noresume $(ARGS)
+
+## The test suite (fake CPU devices for sharding; runs the MLPerf compliance checker on our logs).
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

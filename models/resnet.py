@@ -1,0 +1,112 @@
+"""ResNet v1.5 in Flax linen: the MLPerf reference image classifier.
+
+v1.5 puts the stride-2 of a downsampling bottleneck on the 3x3 convolution (v1 has it on the first
+1x1), and zero-initialises the last BatchNorm scale of each residual block so that every block
+starts as the identity. ``ResNet50`` has 25,557,032 parameters with 1000 classes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# The MLPerf TF reference: variance scaling (fan_in, truncated normal) for convolutions and
+# N(0, 0.01) for the classifier.
+conv_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+dense_init = nn.initializers.normal(stddev=0.01)
+
+
+class BottleneckBlock(nn.Module):
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        y = self.conv(self.filters, (1, 1))(x)
+        y = self.act(self.norm()(y))
+        y = self.conv(self.filters, (3, 3), strides=(self.strides, self.strides))(y)  # v1.5
+        y = self.act(self.norm()(y))
+        y = self.conv(self.filters * 4, (1, 1))(y)
+        y = self.norm(scale_init=nn.initializers.zeros)(y)
+        if residual.shape != y.shape:
+            residual = self.conv(self.filters * 4, (1, 1), strides=(self.strides, self.strides),
+                                 name="proj_conv")(residual)
+            residual = self.norm(name="proj_bn")(residual)
+        return self.act(residual + y)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions: for the small ResNets of the tiny track."""
+
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    act: Callable
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        residual = x
+        y = self.conv(self.filters, (3, 3), strides=(self.strides, self.strides))(x)
+        y = self.act(self.norm()(y))
+        y = self.conv(self.filters, (3, 3))(y)
+        y = self.norm(scale_init=nn.initializers.zeros)(y)
+        if residual.shape != y.shape:
+            residual = self.conv(self.filters, (1, 1), strides=(self.strides, self.strides),
+                                 name="proj_conv")(residual)
+            residual = self.norm(name="proj_bn")(residual)
+        return self.act(residual + y)
+
+
+class ResNet(nn.Module):
+    """ResNet over NHWC images. ``dtype`` is the compute dtype; parameters stay float32.
+
+    ``small_stem`` replaces the 7x7/2 convolution and max-pool with one 3x3/1 convolution, for
+    small images (the tiny track); the reference model keeps the ImageNet stem.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: ModuleDef = BottleneckBlock
+    num_classes: int = 1000
+    num_filters: int = 64
+    dtype: Any = jnp.float32
+    act: Callable = nn.relu
+    small_stem: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                 dtype=self.dtype, param_dtype=jnp.float32)
+        x = x.astype(self.dtype)
+        if self.small_stem:
+            x = conv(self.num_filters, (3, 3), name="conv_init")(x)
+            x = self.act(norm(name="bn_init")(x))
+        else:
+            x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+                     name="conv_init")(x)
+            x = self.act(norm(name="bn_init")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        for i, block_size in enumerate(self.stage_sizes):
+            for j in range(block_size):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = self.block_cls(self.num_filters * 2 ** i, strides=strides, conv=conv,
+                                   norm=norm, act=self.act)(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=dense_init)(x)
+        return x.astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=[2, 2, 2, 2], block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=[3, 4, 6, 3], block_cls=BottleneckBlock)
