@@ -19,6 +19,7 @@ from mlperf_jax.input_pipelines import synthetic_translation as synth
 def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.benchmark_name = "gnmt"
     c.target_metric = "bleu"
     c.target = 0.24
     c.eval_every_epochs = 1
@@ -52,6 +53,7 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
         c.eval_split = "test"
         c.source_language, c.target_language = "en", "de"
         c.vocab_size = 32000
+        c.vocab_model_type = "bpe"    # the reference's subwords are BPE (32k merges, shared)
         c.max_len = 50              # training pairs longer than this are discarded
         c.max_eval_len = 150
         c.max_decode_len = 150

@@ -20,6 +20,7 @@ from mlperf_jax.input_pipelines import synthetic_translation as synth
 def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.benchmark_name = "transformer"
     c.target_metric = "bleu"
     c.target = 0.25
     c.eval_every_epochs = 1
@@ -44,6 +45,7 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
         c.eval_split = "test"
         c.source_language, c.target_language = "en", "de"
         c.vocab_size = 33708          # the reference's shared subword vocabulary size
+        c.vocab_model_type = "unigram"
         c.max_len = 256               # training sequences longer than this are discarded
         c.max_eval_len = 256          # eval sources are truncated to this (none is longer)
         c.max_decode_len = 256

@@ -1,0 +1,107 @@
+"""The WMT input pipeline under ``tfds.testing.mock_data``: vocabulary training, tokenisation,
+length filter, padding and packing, eval batches with mask/index, missing-data errors."""
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from mlperf_jax.benchmarks import DatasetNotFoundError  # noqa: E402
+from mlperf_jax.benchmarks import transformer as tb  # noqa: E402
+from mlperf_jax.input_pipelines import wmt  # noqa: E402
+
+
+def _config(pack: bool):
+    c = tb.get_config("reference")
+    c.vocab_size = 64
+    c.max_len = 48 if pack else 24
+    c.max_eval_len = 32
+    c.max_decode_len = 32
+    c.global_batch_size = 4
+    c.eval_batch_size = 8
+    c.pack = pack
+    c.shuffle_buffer = 64
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tfds"))
+    with tfds.testing.mock_data(num_examples=60):
+        wmt.train_vocab(d, "wmt17_translate/de-en", 64, max_sentences=60, hard_vocab_limit=False)
+    return d
+
+
+def test_vocab_is_cached_with_reserved_ids(data_dir):
+    sp = wmt.load_vocab(wmt.vocab_path(data_dir, "wmt17_translate/de-en", 64))
+    assert sp.pad_id() == 0 and sp.eos_id() == 1 and sp.unk_id() == 2 and sp.bos_id() == -1
+    assert sp.get_piece_size() <= 64
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_train_and_eval_batches(data_dir, pack):
+    c = _config(pack)
+    with tfds.testing.mock_data(num_examples=60):
+        src = wmt.data_source(c, data_dir, seed=3, process_index=0, process_count=1)
+        ds = src.source
+        assert ds.steps_per_epoch > 0
+        batches = list(ds.train_epoch(1, 0, None))
+        again = list(ds.train_epoch(1, 0, None))
+        other = list(ds.train_epoch(2, 0, None))
+        skipped = list(ds.train_epoch(1, 1, None))
+        evals = list(ds.eval_batches())
+    assert len(batches) == ds.steps_per_epoch
+    assert set(batches[0]) == set(ds.train_spec)
+    for b in batches:
+        for k, v in b.items():
+            assert v.shape == (4, c.max_len) and v.dtype == np.int32, k
+        # every real row ends with EOS; nothing longer than max_len survives (length filter)
+        assert np.all(b["targets"][:, 0] > 0)
+    # deterministic per (seed, epoch), different across epochs, resumable by skipping
+    for a, b in zip(batches, again):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    assert any(not np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(batches, other))
+    np.testing.assert_array_equal(skipped[0]["inputs"], batches[1]["inputs"])
+    if pack:
+        b = batches[0]
+        assert b["targets_segmentation"].max() >= 2  # short mock sentences do get packed
+        # positions restart at 0 in each segment; padding has segment 0
+        seg, pos = b["inputs_segmentation"], b["inputs_position"]
+        starts = (seg > 0) & (np.pad(seg, ((0, 0), (1, 0)))[:, :-1] != seg)
+        assert np.all(pos[starts] == 0)
+        assert np.all((b["inputs"] == 0) == (seg == 0))
+        # each segment ends with EOS
+        ends = (seg > 0) & (np.pad(seg, ((0, 0), (0, 1)))[:, 1:] != seg)
+        assert np.all(b["inputs"][ends] == wmt.EOS_ID)
+    # eval: all 60 examples exactly once, padded rows masked, raw references kept
+    assert ds.num_eval_samples == 60 and len(src.references) == 60
+    idx = np.concatenate([e["index"][e["mask"] == 1] for e in evals])
+    np.testing.assert_array_equal(np.sort(idx), np.arange(60))
+    assert evals[-1]["mask"].sum() == 60 - 8 * (len(evals) - 1)
+    assert all(e["inputs"].shape == (8, 32) for e in evals)
+    # the detokeniser inverts the tokenisation of the references (up to sentencepiece
+    # normalisation of runs of spaces)
+    row = evals[0]["targets"][0]
+    assert src.detokenize(row).split() == src.references[int(evals[0]["index"][0])].split()
+
+
+def test_pack_rows_keeps_pairs_together():
+    exs = [{"inputs": np.array([5, 6, 1]), "targets": np.array([7, 1])},
+           {"inputs": np.array([8, 1]), "targets": np.array([9, 9, 9, 1])},
+           {"inputs": np.array([3, 3, 3, 3, 1]), "targets": np.array([4, 1])}]
+    rows = list(wmt.pack_rows(iter(exs), 6))
+    assert len(rows) == 2
+    np.testing.assert_array_equal(rows[0]["inputs"], [5, 6, 1, 8, 1, 0])
+    np.testing.assert_array_equal(rows[0]["targets"], [7, 1, 9, 9, 9, 1])
+    np.testing.assert_array_equal(rows[0]["targets_segmentation"], [1, 1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(rows[0]["targets_position"], [0, 1, 0, 1, 2, 3])
+    np.testing.assert_array_equal(rows[1]["inputs_segmentation"], [1, 1, 1, 1, 1, 0])
+
+
+def test_missing_data_says_where_and_how(tmp_path):
+    c = _config(False)
+    with pytest.raises(DatasetNotFoundError, match="prepare_wmt_vocab"):
+        wmt.data_source(c, str(tmp_path), seed=0, process_index=0, process_count=1)
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path)):
+        wmt.train_vocab(str(tmp_path), "wmt17_translate/de-en", 64)
+    with pytest.raises(DatasetNotFoundError, match="data_dir"):
+        wmt.data_source(c, None, seed=0, process_index=0, process_count=1)
