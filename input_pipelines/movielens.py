@@ -116,12 +116,19 @@ def leave_one_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, 
     users_kept = np.asarray(users)[keep]
     u, num_users = factorize(users_kept)
     it, num_items = factorize(items)
-    order = np.lexsort((np.arange(len(u)), timestamps, u))  # by user, then time, then source order
+    # by user, then time, then source order (two stable sorts; np.lexsort is slow at 20M rows)
+    t0 = timestamps - timestamps.min()
+    if t0.max() < (1 << 40) and num_users < (1 << 22):  # one composite key, one stable sort
+        order = np.argsort((u.astype(np.int64) << 40) | t0, kind="stable")
+    else:
+        order = np.argsort(timestamps, kind="stable")
+        order = order[np.argsort(u[order], kind="stable")]
     u, it = u[order], it[order]
     # repeated (user, item) pairs: keep the latest one
     key = u.astype(np.int64) * num_items + it
-    rev_first = np.unique(key[::-1], return_index=True)[1]
-    last = np.sort(len(key) - 1 - rev_first)
+    by_key = np.argsort(key, kind="stable")  # equal keys stay in time order
+    ks = key[by_key]
+    last = np.sort(by_key[np.r_[ks[1:] != ks[:-1], True]])
     u, it = u[last], it[last]
     is_last = np.append(u[1:] != u[:-1], True)
     test_items = np.empty(num_users, np.int32)
@@ -132,17 +139,42 @@ def leave_one_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, 
 
 
 # --------------------------------------------------------------------------------------- sampling
-class PositiveSet:
-    """Membership test for (user, item) pairs, vectorised: sorted int64 keys + searchsorted."""
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """``np.unique`` for 1-D ints; fast when already sorted (np.unique can be very slow here)."""
+    if len(x) > 1 and not np.all(x[1:] >= x[:-1]):
+        x = np.sort(x, kind="stable")
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
 
-    def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
+
+class PositiveSet:
+    """Membership test for (user, item) pairs, vectorised.
+
+    A bitmap over ``user * num_items + item`` when it fits in ``max_bitmap_bytes`` (ML-20M: 463
+    MB, O(1) lookups), else sorted int64 keys and ``searchsorted``."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int,
+                 max_bitmap_bytes: int = 1 << 30):
         self.num_items = int(num_items)
-        self.keys = np.unique(users.astype(np.int64) * self.num_items + items)
+        self.keys = _sorted_unique(users.astype(np.int64) * self.num_items + items)
+        n_users = int(self.keys[-1] // self.num_items) + 1 if len(self.keys) else 0
+        nbytes = (n_users * self.num_items + 7) // 8
+        self.bitmap = None
+        if 0 < nbytes <= max_bitmap_bytes:
+            bitmap = np.zeros(nbytes, np.uint8)
+            byte = self.keys >> 3  # sorted; bits within a byte are distinct, so OR == sum
+            starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+            bitmap[byte[starts]] = np.add.reduceat((1 << (self.keys & 7)).astype(np.uint8), starts)
+            self.bitmap = bitmap
+            self._limit = n_users * self.num_items
 
     def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         q = users.astype(np.int64) * self.num_items + items
         if len(self.keys) == 0:
             return np.zeros(q.shape, bool)
+        if self.bitmap is not None:
+            inside = q < self._limit
+            qc = np.where(inside, q, 0)
+            return inside & ((self.bitmap[qc >> 3] >> (qc & 7).astype(np.uint8)) & 1).astype(bool)
         pos = np.searchsorted(self.keys, q)
         pos = np.minimum(pos, len(self.keys) - 1)
         return self.keys[pos] == q
@@ -167,49 +199,48 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, positives: Pos
 
 
 def sample_distinct_negatives(rng: np.random.Generator, num_users: int, n: int,
-                              positives: PositiveSet, chunk: int = 4096) -> np.ndarray:
+                              positives: PositiveSet, chunk: int | None = None) -> np.ndarray:
     """``(num_users, n)`` items: for each user ``n`` distinct items outside its positives.
 
     Vectorised per chunk of users: draw more candidates than needed, drop positives and repeats
     (keeping first occurrences, so what is kept stays a uniform random subset), take the first
-    ``n``; users left short are redrawn with more candidates.
+    ``n``; users left short are redrawn with more candidates. Repeats are found without sorting:
+    write each candidate's position into a (rows x items) scratch table in reverse order, so the
+    first occurrence is what remains.
     """
-    counts = np.bincount((positives.keys // positives.num_items).astype(np.int64),
-                         minlength=num_users)
-    if np.any(positives.num_items - counts < n):
-        u = int(np.argmax(positives.num_items - counts < n))
-        raise ValueError(f"user {u} has only {positives.num_items - counts[u]} items it never "
+    ni = positives.num_items
+    counts = np.bincount((positives.keys // ni).astype(np.int64), minlength=num_users)
+    if np.any(ni - counts < n):
+        u = int(np.argmax(ni - counts < n))
+        raise ValueError(f"user {u} has only {ni - counts[u]} items it never "
                          f"interacted with; {n} evaluation negatives are needed")
+    chunk = chunk or max(1, (1 << 25) // ni)
+    scratch = np.empty(min(chunk, num_users) * ni, np.int32)
     out = np.empty((num_users, n), np.int32)
     todo = np.arange(num_users)
     extra = 1.25
     while len(todo):
+        left = []
         for start in range(0, len(todo), chunk):
             us = todo[start:start + chunk]
-            free = positives.num_items - counts[us]
-            m = int(np.ceil(n * extra * positives.num_items / max(int(free.min()), 1))) + 8
-            m = min(m, 64 * positives.num_items)
-            cand = rng.integers(0, positives.num_items, size=(len(us), m), dtype=np.int32)
-            ok = ~positives.contains(np.repeat(us, m).reshape(len(us), m), cand)
-            # drop repeats within a row, keeping the first occurrence
-            srt = np.argsort(cand, axis=1, kind="stable")
-            sc = np.take_along_axis(cand, srt, axis=1)
-            dup_sorted = np.zeros_like(ok)
-            dup_sorted[:, 1:] = sc[:, 1:] == sc[:, :-1]
-            dup = np.empty_like(dup_sorted)
-            np.put_along_axis(dup, srt, dup_sorted, axis=1)
-            ok &= ~dup
+            r = len(us)
+            free = ni - counts[us]
+            m = int(np.ceil(n * extra * ni / max(int(free.min()), 1))) + 8
+            m = min(m, 64 * ni)
+            cand = rng.integers(0, ni, size=(r, m), dtype=np.int32)
+            ok = ~positives.contains(np.repeat(us, m).reshape(r, m), cand)
+            flat = (np.arange(r, dtype=np.int64)[:, None] * ni + cand).reshape(-1)
+            pos = np.arange(r * m, dtype=np.int32)
+            scratch[flat[::-1]] = pos[::-1]  # the last write (= first occurrence) wins
+            ok &= (scratch[flat] == pos).reshape(r, m)
             enough = ok.sum(axis=1) >= n
             rows = np.flatnonzero(enough)
             if len(rows):
                 okr = ok[rows]
-                rank = np.cumsum(okr, axis=1)
-                sel = okr & (rank <= n)
+                sel = okr & (np.cumsum(okr, axis=1) <= n)
                 out[us[rows]] = cand[rows][sel].reshape(len(rows), n)
-            todo_mask = np.zeros(num_users, bool)
-            todo_mask[us[~enough]] = True
-            todo[start:start + chunk] = np.where(todo_mask[us], us, -1)
-        todo = todo[todo >= 0]
+            left.append(us[~enough])
+        todo = np.concatenate(left)
         extra *= 2
     return out
 
