@@ -543,7 +543,7 @@ def _expand_config_arg(argv: Sequence[str]) -> list[str]:
     variants = benchmarks_lib.get(bench_name).config_names
     if cfg_idx is None:
         variant = variants[0] if data_dir else "tiny"
-        argv.append(f"--config={path}:{variant}")
+        argv.insert(1, f"--config={path}:{variant}")  # before any --config.KEY override
     else:
         value = argv[cfg_idx].split("=", 1)[1]
         if ".py" not in value:
@@ -584,6 +584,22 @@ def _define_flags():
     return flags.FLAGS
 
 
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ runtime prints start-up chatter on fd 2 at import, whatever the log level;
+    a CLI whose errors are one line imports it with fd 2 pointed elsewhere."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _fail(msg: str, code: int = 2) -> None:
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
@@ -594,12 +610,14 @@ def _main(argv: Sequence[str]) -> None:
     from absl import flags
     from absl import logging as absl_logging
     FLAGS = flags.FLAGS
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax and TFDS are chatty below ERROR
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     sharding_lib.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                         FLAGS.process_id)
     config = FLAGS.config
+    if config.get("dataset") != "synthetic":
+        _import_tensorflow_quietly()
     config_name = [a for a in sys.argv if a.startswith("--config=")][-1].rsplit(":", 1)[-1]
     workdir = FLAGS.workdir or os.path.join("runs", f"{FLAGS.benchmark}-{config_name}")
     opts = RunOptions(
@@ -622,6 +640,7 @@ def run_main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     from absl import app, flags
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     argv = list(sys.argv if argv is None else argv)
     try:
         argv = _expand_config_arg(argv)
@@ -631,6 +650,12 @@ def run_main(argv: Sequence[str] | None = None) -> None:
     FLAGS = _define_flags()
 
     def parser(args):
+        if {"--help", "-h", "--helpshort", "-?"} & set(args):
+            print(FLAGS.main_module_help())
+            raise SystemExit(0)
+        if "--helpfull" in args:
+            print(FLAGS.get_help())
+            raise SystemExit(0)
         try:
             return FLAGS(args)
         except flags.Error as e:
