@@ -674,13 +674,11 @@ def start_test(sut: SystemUnderTest, qsl: QuerySampleLibrary, settings: TestSett
 
 
 def _no_perf_summary(test: _Test, d: DetailLog) -> str:
-    lines = ["================================================", "MLPerf Results Summary",
-             "================================================",
-             f"SUT name : {_name(test.sut, 'PySUT')}", f"Scenario : {test.requested.scenario.name}",
-             f"Mode     : {TestMode(test.requested.mode).name}"]
+    """Accuracy-only runs: the official summary holds just the warning/error counts.  When the
+    run failed (an mlperf_jax-detected SUT problem) the reasons are listed first."""
+    lines = []
     if test.errors:
-        lines.append("Result is : INVALID")
-        lines += [" * " + e for e in dict.fromkeys(test.errors)]
+        lines += ["Result is : INVALID"] + [" * " + e for e in dict.fromkeys(test.errors)]
     lines += ["", "No warnings encountered during test." if d.warnings == 0 else
               f"{d.warnings} warning{'s' if d.warnings > 1 else ''} encountered. See detailed log.", "",
               "No errors encountered during test." if d.errors == 0 else
