@@ -728,10 +728,8 @@ def _run_find_peak(test: _Test, eff: EffectiveSettings):
         return None, None
     step = eff.requested.server_find_peak_qps_boundary_step_size
     decimals = eff.requested.server_find_peak_qps_decimals_of_precision
-    perf = eff.replace(mode=TestMode.PerformanceOnly)
-
     def run_at(qps: float) -> PerformanceSummary:
-        s = perf.replace(target_qps=qps)
+        s = eff.replace(target_qps=qps)  # keeps mode FindPeakPerformance for the summary
         ls = _schedule.generate_loadable_sets(s, accuracy=False)[0]
         d.log("loaded_qsl_set", ls.indices)
         test.qsl.load_samples_to_ram(list(ls.indices))
