@@ -361,22 +361,25 @@ def _threaded(gen_fn, prefetch: int) -> Iterator:
     stop = threading.Event()
     done = object()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def worker():
         try:
             for item in gen_fn():
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # re-raised in the consumer
-            q.put(e)
+            put(e)
 
-    t = threading.Thread(target=worker, daemon=True)
+    t = threading.Thread(target=worker, daemon=True, name="movielens-batches")
     t.start()
     try:
         while True:

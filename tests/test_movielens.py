@@ -126,10 +126,21 @@ def test_train_batches_ratio_determinism_and_skip(small):
     assert len(skipped) == len(batches) - 3
     assert all(np.array_equal(a["item"], b["item"]) and np.array_equal(a["user"], b["user"])
                for a, b in zip(batches[3:], skipped))
-    # an early close of the (threaded) iterator does not hang
+    # an early close of the (threaded) iterator, or stopping right after the last batch without
+    # exhausting it (as the driver does at an epoch's end), leaves no producer thread behind
     it = tb.epoch(3)
     next(it)
     it.close()
+    it = tb.epoch(4)
+    for _ in range(tb.steps_per_epoch):
+        next(it)
+    it.close()
+    import threading
+    import time
+    deadline = time.time() + 5
+    while time.time() < deadline and any(t.name == "movielens-batches" for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not any(t.name == "movielens-batches" for t in threading.enumerate())
 
 
 def test_train_batches_host_slices(small):
