@@ -92,6 +92,10 @@ def test_configs_and_contract():
     assert b.closed_division_violations(tiny, ref)  # the tiny model differs from the reference
     with pytest.raises(ValueError):
         ncf.get_config("huge")
+    bad = ncf.get_config("tiny")
+    bad.num_eval_negatives = 5000
+    with pytest.raises(ValueError, match="num_eval_negatives"):
+        b.check_config(bad)
     with pytest.raises(DatasetNotFoundError, match="--data_dir"):
         b.data_source(ref, None, seed=0, process_index=0, process_count=1)
     keys = b.hparams_to_log(ref, 10)

@@ -94,6 +94,20 @@ class NCF(Benchmark):
     def get_config(self, variant: str) -> ml_collections.ConfigDict:
         return get_config(variant)
 
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        super().check_config(config)
+        for key in ("num_users", "num_items", "mf_dim", "top_k", "num_eval_negatives", "row_multiple"):
+            if int(config[key]) <= 0:
+                raise ValueError(f"config.{key} must be positive, got {config[key]}")
+        if int(config.num_negatives) < 0:
+            raise ValueError(f"config.num_negatives must be >= 0, got {config.num_negatives}")
+        if int(config.num_eval_negatives) >= int(config.num_items):
+            raise ValueError(f"config.num_eval_negatives={config.num_eval_negatives} must be below "
+                             f"config.num_items={config.num_items}")
+        if not 0 < float(config.learning_rate) or not (0 <= float(config.adam_beta1) < 1
+                                                       and 0 <= float(config.adam_beta2) < 1):
+            raise ValueError("config.learning_rate must be > 0 and the Adam betas in [0, 1)")
+
     # ------------------------------------------------------------------ data
     def prepared(self, config: ml_collections.ConfigDict, data_dir: str | None):
         from mlperf_jax.input_pipelines import movielens
