@@ -135,10 +135,11 @@ def _single_stream(tmp_path):
 
 
 def test_single_stream_runs_out_of_queries_invalid_in_both(tmp_path):
-    # Expected latency 10 ms but the SUT takes ~1 ms: both run out of generated queries.
+    # Expected latency 20 ms but the SUT takes ~1 ms: ~51 queries are generated for a 500 ms
+    # minimum duration, both run out of generated queries after ~60 ms.
     a, b = both(tmp_path, lat_table(1, 500, 1.0), scenario=lg.TestScenario.SingleStream,
-                mode=lg.TestMode.PerformanceOnly, min_duration_ms=200, min_query_count=100,
-                single_stream_expected_latency_ns=10_000_000)
+                mode=lg.TestMode.PerformanceOnly, min_duration_ms=500, min_query_count=50,
+                single_stream_expected_latency_ns=20_000_000)
     assert a["Result is"] == "INVALID" and a["Min duration satisfied"] == "NO"
 
 
