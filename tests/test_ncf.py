@@ -220,3 +220,27 @@ def test_log_passes_checker_common_rules(tiny_run, ruleset, tmp_path):
                                    '"key": "submission_division", "value": "closed"'))
     valid, messages = ncf.check_log(str(closed), ruleset)
     assert not valid and any("model_hp_mf_dim" in m or "eval_accuracy" in m for m in messages)
+
+
+def test_reference_data_source_from_csv_and_cache(tmp_path):
+    """The real-data path of the benchmark: ratings.csv -> cache -> batches of the reference spec."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "ml-20m"
+    d.mkdir()
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, 41):
+        for i in rng.choice(np.arange(1, 400), 25, replace=False):
+            rows.append(f"{u},{i},3.5,{rng.integers(10 ** 9)}")
+    (d / "ratings.csv").write_text("\n".join(rows) + "\n")
+    b, c = ncf.BENCHMARK, ncf.get_config("reference")
+    c.num_eval_negatives = 99
+    src = b.data_source(c, str(tmp_path), seed=3, process_index=0, process_count=1)
+    assert src.num_eval_samples == 40 and src.num_train_samples == 40 * 24 * 5
+    assert os.listdir(tmp_path / "ncf_cache")
+    batch = next(iter(src.train_epoch(1, 0, None)))
+    assert batch["user"].shape == (2048,) and src.train_spec["item"].shape == (2048,)
+    ev = next(iter(src.eval_batches()))
+    assert ev["items"].shape == (1024, 100) and ev["mask"].sum() == 40
+    (d / "ratings.csv").unlink()  # the second data source starts from the cache
+    src2 = b.data_source(c, str(tmp_path), seed=3, process_index=0, process_count=1)
+    np.testing.assert_array_equal(next(iter(src2.eval_batches()))["items"], ev["items"])
