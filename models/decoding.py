@@ -9,6 +9,9 @@ such as a cache index, are shared by all beams). Encoder outputs go in the cache
 beams with ``tile_beams``. Everything has static shapes, so one compilation serves every batch; the
 loop is a ``lax.while_loop`` that stops once no alive hypothesis can beat the finished ones.
 
+Each step keeps the best K candidates that did not end (alive) and finalises the EOS candidates
+among the best K (fairseq's rule, so that beam 1 is exactly greedy decoding).
+
 Scores follow GNMT (Wu et al. 2016), as both MLPerf references do:
 ``log P(y) / lp(y) + cp``, with ``lp = ((len_norm_const + |y|) / (len_norm_const + 1)) ** alpha``
 (the Transformer reference: const 5, alpha 0.6) and the coverage penalty
@@ -36,7 +39,7 @@ def tile_beams(x: PyTree, beam_size: int) -> PyTree:
 
 
 def _gather_beams(x: PyTree, beam_idx: Array, batch_size: int, old_k: int) -> PyTree:
-    """Select beams: leaves [B*old_k, ...] (or [B, old_k, ...] when ``flat=False``) -> [B*new_k, ...]."""
+    """Select beams: leaves [B*old_k, ...] -> [B*new_k, ...] (``beam_idx`` [B, new_k])."""
     new_k = beam_idx.shape[1]
 
     def one(a):
@@ -62,7 +65,7 @@ def length_penalty(length: Array, alpha: float, const: float = 5.0) -> Array:
 def beam_search(step_fn: Callable, cache: PyTree, *, batch_size: int, beam_size: int,
                 max_decode_len: int, eos_id: int, alpha: float = 0.6, len_norm_const: float = 5.0,
                 cov_penalty: float = 0.0, src_len: int | None = None, src_mask: Array | None = None,
-                bos_id: int = 0) -> tuple[Array, Array]:
+                bos_id: int = 0, pad_id: int = 0) -> tuple[Array, Array]:
     """Returns ``(sequences [B, K, max_decode_len], scores [B, K])``, best first.
 
     Sequences hold the generated tokens (EOS included when one was produced), 0 after it. With
@@ -111,7 +114,8 @@ def beam_search(step_fn: Callable, cache: PyTree, *, batch_size: int, beam_size:
         i = s["i"]
         ids = jax.lax.dynamic_slice_in_dim(s["alive_seqs"], i, 1, axis=2).reshape(b * k, 1)
         logits, new_cache, attn = step_fn(ids, s["cache"])
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, -1)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        logp = logp.at[:, pad_id].set(NEG_INF).reshape(b, k, -1)  # padding is never emitted
         v = logp.shape[-1]
         cand = (s["alive_logp"][:, :, None] + logp).reshape(b, k * v)
         top_logp, top_idx = jax.lax.top_k(cand, 2 * k)              # [B, 2K]
@@ -134,8 +138,11 @@ def beam_search(step_fn: Callable, cache: PyTree, *, batch_size: int, beam_size:
         a_cov = _take(top_cov, a_pos)
         a_cache = _gather_beams(new_cache, _take(top_beam, a_pos), b, k)
 
-        # finished: candidates that ended now (or everything at the last step), merged with the old
-        ends = is_eos | last
+        # finished: EOS among the best K candidates (as fairseq: an EOS ranked below K is not a
+        # hypothesis the beam holds, so beam 1 is exactly greedy), or everything at the last
+        # step; merged with the old
+        in_beam = jnp.arange(2 * k)[None, :] < k
+        ends = (is_eos & in_beam) | last
         f_new = top_logp / length_penalty(i + 1, alpha, len_norm_const) + coverage(top_cov)
         f_new = jnp.where(ends & (top_logp > NEG_INF / 2), f_new, NEG_INF)
         all_scores = jnp.concatenate([s["fin_scores"], f_new], axis=1)
@@ -168,13 +175,13 @@ def _strip_after_eos(seqs: Array, eos_id: int) -> Array:
 
 
 def greedy_search(step_fn: Callable, cache: PyTree, *, batch_size: int, max_decode_len: int,
-                  eos_id: int, bos_id: int = 0) -> Array:
+                  eos_id: int, bos_id: int = 0, pad_id: int = 0) -> Array:
     """[B, max_decode_len] argmax decode, 0 after the first EOS (reference for beam 1 tests)."""
 
     def body(carry, _):
         ids, cache, done = carry
         logits, cache, _ = step_fn(ids, cache)
-        nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        nxt = jnp.argmax(logits.at[:, pad_id].set(-jnp.inf), axis=-1).astype(jnp.int32)
         out = jnp.where(done, 0, nxt)
         done = done | (nxt == eos_id)
         return (nxt[:, None], cache, done), out
