@@ -162,6 +162,12 @@ class Benchmark(abc.ABC):
                 out.append(f"{key}={config[key]!r} (reference {value!r})")
         return out
 
+    def fake_train_batch(self, config: ml_collections.ConfigDict, rng: np.random.Generator
+                         ) -> Batch:
+        """A global train batch of random but valid content (labels in range, tokens in the
+        vocabulary), for throughput benchmarks that must not depend on a dataset."""
+        raise NotImplementedError(f"{self.name} has no fake_train_batch")
+
     def throughput_units(self, config: ml_collections.ConfigDict, batch: Batch) -> tuple[str, int]:
         """What a train step's throughput is counted in, and how many of them one global batch
         holds (images for vision, tokens for translation)."""

@@ -261,6 +261,11 @@ class ResNet50Benchmark(Benchmark):
         count = sum(float(o["count"]) for o in outputs)
         return correct / max(count, 1.0)
 
+    def fake_train_batch(self, config, rng):
+        n, s = int(config.global_batch_size), int(config.image_size)
+        return {"image": rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
+                "label": rng.integers(0, config.num_classes, (n,), dtype=np.int32)}
+
     def throughput_units(self, config, batch):
         return "images", int(config.global_batch_size)
 
