@@ -170,3 +170,31 @@ def test_answer_from_another_thread_after_end_is_an_error(tmp_path):
     t.start()
     t.join()
     assert err and "no test is running" in err[0] and str(late[0].id) in err[0]
+
+
+@pytest.mark.parametrize("bad", ["unknown", "twice"])
+def test_large_offline_answer_errors_name_the_id(tmp_path, bad):
+    """The vectorised completion path (one big Offline answer) reports ids like the scalar one."""
+    seen = []
+
+    class Big:
+        def issue_queries(self, qs):
+            resp = [lg.QuerySampleResponse(q.id, b"") for q in qs]
+            if bad == "unknown":
+                resp[500] = lg.QuerySampleResponse(qs[-1].id + 7, b"")
+            else:
+                resp[500] = resp[499]
+            try:
+                lg.query_samples_complete(resp)
+            except lg.ResponseError as e:
+                seen.append((str(e), qs))
+                raise
+
+        def flush_queries(self):
+            pass
+
+    r = lg.start_test(Big(), QSL(), settings(lg.TestScenario.Offline, offline_expected_qps=10_000,
+                                             max_duration_ms=1000), outdir=tmp_path)
+    msg, qs = seen[0]
+    want = (f"unknown response id {qs[-1].id + 7}" if bad == "unknown" else f"response id {qs[499].id} answered more than once")
+    assert want in msg and not r.valid
