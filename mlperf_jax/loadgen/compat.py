@@ -90,10 +90,6 @@ def FirstTokenComplete(responses) -> None:  # noqa: N802
     """Token latencies are not modelled; accepted and ignored."""
 
 
-def _settings_copy(settings: TestSettings) -> TestSettings:
-    return settings
-
-
 def StartTest(sut, qsl, settings, audit_config_filename: str = "audit.config") -> None:  # noqa: N802
     StartTestWithLogSettings(sut, qsl, settings, LogSettings(), audit_config_filename)
 
