@@ -399,13 +399,17 @@ class TrainBatches:
     Epoch ``e`` is a permutation (seeded by ``(seed, e)``) of ``P * (1 + k)`` sample slots; slot
     ``j`` is positive ``j // (1 + k)``, a negative when ``j % (1 + k) != 0``. Global batch ``s``
     takes slots ``[s*B, (s+1)*B)``; the last one is padded with ``weight == 0`` rows. Each host
-    builds only its contiguous slice of every global batch, and draws the negatives of that slice
-    from a generator seeded by ``(seed, e, s, process_index)``: deterministic per (seed, epoch)
-    for a given host layout, so a resumed run sees what an uninterrupted run sees.
+    builds only its contiguous slice of every global batch. Batches are made in chunks of
+    ``chunk_steps`` steps, several chunks at a time on ``num_workers`` threads; the negatives of a
+    chunk come from a generator seeded by ``(seed, e, chunk, process_index)``. So an epoch is
+    deterministic per (seed, epoch) for a given host layout, and a resumed run (``skip_steps``)
+    sees what an uninterrupted run sees. The next epoch's permutation is computed in the
+    background while this one runs.
     """
 
     def __init__(self, prepared: Prepared, global_batch_size: int, *, num_negatives: int,
-                 seed: int, process_index: int = 0, process_count: int = 1, prefetch: int = 2):
+                 seed: int, process_index: int = 0, process_count: int = 1, prefetch: int = 4,
+                 num_workers: int | None = None, chunk_samples: int = 1 << 18):
         if global_batch_size % process_count:
             raise ValueError(f"global batch size {global_batch_size} does not split over "
                              f"{process_count} hosts")
@@ -418,10 +422,14 @@ class TrainBatches:
         self.seed = int(seed)
         self.process_index, self.process_count = process_index, process_count
         self.prefetch = prefetch
+        self.num_workers = num_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
+        self.chunk_steps = max(1, int(chunk_samples) // self.local_batch_size)
         self.positives = PositiveSet(prepared.train_users, prepared.train_items, prepared.num_items)
         check_samplable(prepared.num_users, self.positives)
         self.num_samples = prepared.num_train_positives * (1 + self.k)
         self.steps_per_epoch = -(-self.num_samples // self.global_batch_size)
+        self._perm_lock = threading.Lock()
+        self._perm_next: tuple[int, threading.Thread, list] | None = None
 
     def permutation(self, epoch: int) -> np.ndarray:
         dtype = np.int32 if self.num_samples < 2 ** 31 else np.int64
@@ -429,31 +437,76 @@ class TrainBatches:
         np.random.default_rng([self.seed, epoch, 0x5045524D]).shuffle(perm)
         return perm
 
-    def batch(self, perm: np.ndarray, epoch: int, step: int) -> dict[str, np.ndarray]:
-        b = self.local_batch_size
-        lo = step * self.global_batch_size + self.process_index * b
-        slots = perm[lo:lo + b]
-        n = len(slots)
+    def _permutation_prefetched(self, epoch: int) -> np.ndarray:
+        """``permutation(epoch)``, from the background computation when one was started; then
+        start the one for ``epoch + 1``."""
+        with self._perm_lock:
+            pending, self._perm_next = self._perm_next, None
+        perm = None
+        if pending is not None and pending[0] == epoch:
+            pending[1].join()
+            perm = pending[2][0] if pending[2] else None
+        if perm is None:
+            perm = self.permutation(epoch)
+        box: list = []
+        t = threading.Thread(target=lambda: box.append(self.permutation(epoch + 1)), daemon=True,
+                             name="movielens-permutation")
+        t.start()
+        with self._perm_lock:
+            self._perm_next = (epoch + 1, t, box)
+        return perm
+
+    def chunk(self, perm: np.ndarray, epoch: int, c: int) -> list[dict[str, np.ndarray]]:
+        """The host batches of steps ``[c * chunk_steps, (c + 1) * chunk_steps)``."""
+        b, g = self.local_batch_size, self.global_batch_size
+        steps = np.arange(c * self.chunk_steps, min((c + 1) * self.chunk_steps, self.steps_per_epoch))
+        idx = (steps[:, None] * g + self.process_index * b + np.arange(b)[None, :]).reshape(-1)
+        valid = idx < self.num_samples
+        slots = perm[np.where(valid, idx, 0)]
         pos = slots // (1 + self.k)
-        neg = (slots % (1 + self.k)) != 0
-        users = np.zeros(b, np.int32)
-        items = np.zeros(b, np.int32)
-        users[:n] = self.p.train_users[pos]
-        items[:n] = self.p.train_items[pos]
-        rng = np.random.default_rng([self.seed, epoch, step, self.process_index, 0x4E4547])
+        neg = valid & ((slots % (1 + self.k)) != 0)
+        users = np.where(valid, self.p.train_users[pos], 0).astype(np.int32)
+        items = np.where(valid, self.p.train_items[pos], 0).astype(np.int32)
+        rng = np.random.default_rng([self.seed, epoch, c, self.process_index, 0x4E4547])
         nidx = np.flatnonzero(neg)
         items[nidx] = sample_negatives(rng, users[nidx], self.positives)
-        label = np.zeros(b, np.float32)
-        label[:n] = (~neg).astype(np.float32)
-        weight = np.zeros(b, np.float32)
-        weight[:n] = 1.0
-        return {"user": users, "item": items, "label": label, "weight": weight}
+        label = (valid & ~neg).astype(np.float32)
+        weight = valid.astype(np.float32)
+        n = len(steps)
+        cols = {"user": users.reshape(n, b), "item": items.reshape(n, b),
+                "label": label.reshape(n, b), "weight": weight.reshape(n, b)}
+        return [{k: v[i] for k, v in cols.items()} for i in range(n)]
+
+    def batch(self, perm: np.ndarray, epoch: int, step: int) -> dict[str, np.ndarray]:
+        c, i = divmod(step, self.chunk_steps)
+        return self.chunk(perm, epoch, c)[i]
 
     def epoch(self, epoch: int, skip_steps: int = 0, params=None) -> Iterator[dict[str, np.ndarray]]:
+        if not 0 <= skip_steps <= self.steps_per_epoch:
+            raise ValueError(f"skip_steps={skip_steps} outside [0, {self.steps_per_epoch}]")
+
         def gen():
-            perm = self.permutation(epoch)
-            for step in range(skip_steps, self.steps_per_epoch):
-                yield self.batch(perm, epoch, step)
+            from concurrent.futures import ThreadPoolExecutor
+
+            perm = self._permutation_prefetched(epoch)
+            first = skip_steps // self.chunk_steps
+            n_chunks = -(-self.steps_per_epoch // self.chunk_steps)
+            pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="movielens-chunks")
+            try:
+                window = [pool.submit(self.chunk, perm, epoch, c)
+                          for c in range(first, min(first + self.num_workers + 1, n_chunks))]
+                nxt = first + len(window)
+                c = first
+                while window:
+                    batches = window.pop(0).result()
+                    if nxt < n_chunks:
+                        window.append(pool.submit(self.chunk, perm, epoch, nxt))
+                        nxt += 1
+                    start = skip_steps - c * self.chunk_steps if c == first else 0
+                    yield from batches[start:]
+                    c += 1
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
 
         return _threaded(gen, self.prefetch)
 

@@ -51,21 +51,28 @@ def test_hit_rate_and_ndcg_match_brute_force(levels):
 
 
 def test_neumf_shapes_init_and_ranking_mode():
-    model = ncf_model.NeuMF(num_users=100, num_items=300, mf_dim=64,
-                            mlp_layer_sizes=(256, 256, 128, 64), row_multiple=64)
     z = jnp.zeros((1,), jnp.int32)
-    params = model.init(jax.random.key(0), z, z)["params"]
-    assert params["mf_user_embed"].shape == (128, 64) and params["mlp_item_embed"].shape == (320, 128)
-    assert params["mlp_0_kernel"].shape == (256, 256) and params["final_kernel"].shape == (128, 1)
+    ref = ncf_model.NeuMF(num_users=100, num_items=300, mf_dim=64,
+                          mlp_layer_sizes=(256, 256, 128, 64), row_multiple=64)
+    shapes = jax.eval_shape(lambda: ref.init(jax.random.key(0), z, z)["params"])
+    assert shapes["mf_user_embed"].shape == (128, 64) and shapes["mlp_item_embed"].shape == (320, 128)
+    assert shapes["mlp_0_kernel"].shape == (256, 256) and shapes["mlp_2_kernel"].shape == (128, 64)
+    assert shapes["final_kernel"].shape == (128, 1)
+    model = ncf_model.NeuMF(num_users=100, num_items=300, mf_dim=64, mlp_layer_sizes=(64, 128, 32),
+                            row_multiple=8)
+    params = jax.jit(model.init)(jax.random.key(0), z, z)["params"]
     assert abs(float(jnp.std(params["mf_item_embed"])) - 0.01) < 0.001  # N(0, 0.01)
-    lim = np.sqrt(6 / (256 + 128))  # Glorot uniform bound of the 256 -> 128 layer
+    lim = np.sqrt(6 / (128 + 32))  # Glorot uniform bound of the 128 -> 32 layer
     assert float(jnp.max(jnp.abs(params["mlp_1_kernel"]))) <= lim
+    assert float(jnp.max(jnp.abs(params["final_kernel"]))) <= np.sqrt(3 / (64 + 32))  # LeCun
     # make the outputs non-trivial, then compare (b, n) ranking mode with flat pairs
-    params = jax.tree.map(lambda x: x * 30 if x.ndim == 2 and x.shape[1] != 1 else x, params)
+    params = jax.jit(lambda p: jax.tree.map(
+        lambda x: x * 30 if x.ndim == 2 and x.shape[1] != 1 else x, p))(params)
     users = jnp.arange(8, dtype=jnp.int32)
     items = jax.random.randint(jax.random.key(1), (8, 50), 0, 300)
-    ranked = model.apply({"params": params}, users, items)
-    flat = model.apply({"params": params}, jnp.repeat(users, 50), items.reshape(-1))
+    apply = jax.jit(model.apply)
+    ranked = apply({"params": params}, users, items)
+    flat = apply({"params": params}, jnp.repeat(users, 50), items.reshape(-1))
     assert ranked.shape == (8, 50)
     np.testing.assert_allclose(np.asarray(ranked).reshape(-1), np.asarray(flat), rtol=2e-4,
                                atol=2e-4)
@@ -107,13 +114,13 @@ def test_one_train_step_and_eval_on_tiny():
     import optax
 
     b, c = ncf.BENCHMARK, ncf.get_config("tiny")
-    c.num_users, c.num_items = 300, 1500
+    c.num_users, c.num_items, c.num_eval_negatives = 300, 600, 99
     data = b.data_source(c, None, seed=0, process_index=0, process_count=1)
     batch = next(iter(data.train_epoch(1, 0, None)))
     assert {k: v.shape for k, v in batch.items()} == {k: s.shape for k, s in data.train_spec.items()}
-    params, state = b.init(c, jax.random.key(0))
+    params, state = jax.jit(lambda r: b.init(c, r))(jax.random.key(0))
     tx, _ = b.optimizer(c, data.steps_per_epoch)
-    opt = tx.init(params)
+    opt = jax.jit(tx.init)(params)
 
     @jax.jit
     def step(params, opt, batch):
@@ -127,8 +134,8 @@ def test_one_train_step_and_eval_on_tiny():
         params, opt, loss = step(params, opt, batch)
         losses.append(float(loss))
     assert losses[-1] < losses[0]
-    outs = [jax.device_get(jax.jit(lambda p, e: b.eval_step(c, p, state, e))(params, e))
-            for e in data.eval_batches()]
+    ev = jax.jit(lambda p, e: b.eval_step(c, p, state, e))
+    outs = [jax.device_get(ev(params, e)) for e in data.eval_batches()]
     assert sum(float(o["count"]) for o in outs) == data.num_eval_samples
     assert 0.0 <= b.eval_metric(c, outs) <= 1.0
 
@@ -141,12 +148,12 @@ SHARDED = textwrap.dedent("""
     from mlperf_jax.benchmarks import ncf
     from mlperf_jax.models import ncf as ncf_model
     b, c = ncf.BENCHMARK, ncf.get_config("tiny")
-    c.num_users, c.num_items, c.row_multiple = 300, 1500, 4
+    c.num_users, c.num_items, c.row_multiple, c.num_eval_negatives = 300, 600, 4, 99
     data = b.data_source(c, None, seed=0, process_index=0, process_count=1)
     batch = next(iter(data.train_epoch(1, 0, None)))
     ev = next(iter(data.eval_batches()))
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    params, state = b.init(c, jax.random.key(0))
+    params, state = jax.jit(lambda r: b.init(c, r))(jax.random.key(0))
     tx, _ = b.optimizer(c, 1)
     def step(params, opt, batch):
         (loss, _), g = jax.value_and_grad(lambda p: b.loss_fn(c, p, state, batch, None), has_aux=True)(params)
@@ -155,11 +162,11 @@ SHARDED = textwrap.dedent("""
     def run(specs):
         psh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
         p = jax.device_put(params, psh)
-        o = tx.init(p)
+        o = jax.jit(tx.init)(p)
         bsh = NamedSharding(mesh, P("data"))
         bt = {k: jax.device_put(v, bsh) for k, v in batch.items()}
         f = jax.jit(step)
-        for _ in range(3):
+        for _ in range(2):
             p, o, loss = f(p, o, bt)
         e = jax.jit(lambda p, x: b.eval_step(c, p, state, x))(p, {k: jax.device_put(v, bsh) for k, v in ev.items()})
         return p, float(loss), jax.device_get(e)
