@@ -105,6 +105,11 @@ def test_configs_and_contract():
         b.check_config(bad)
     with pytest.raises(DatasetNotFoundError, match="--data_dir"):
         b.data_source(ref, None, seed=0, process_index=0, process_count=1)
+    fake = b.fake_train_batch(ref, np.random.default_rng(0))
+    assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {
+        "user": ((2048,), np.int32), "item": ((2048,), np.int32),
+        "label": ((2048,), np.float32), "weight": ((2048,), np.float32)}
+    assert fake["user"].max() < ref.num_users and 0.1 < fake["label"].mean() < 0.3
     keys = b.hparams_to_log(ref, 10)
     assert keys["opt_name"] == "adam" and keys["input_hp_num_neg"] == 4
     assert keys["eval_hp_num_neg"] == 999 and keys["opt_adam_epsilon"] == 1e-8

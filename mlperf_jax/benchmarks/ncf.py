@@ -222,6 +222,14 @@ class NCF(Benchmark):
         return {"hr": sum(float(np.asarray(o["hits"])) for o in outputs) / count,
                 "ndcg": sum(float(np.asarray(o["ndcg"])) for o in outputs) / count}
 
+    def fake_train_batch(self, config, rng: np.random.Generator):
+        """Random (user, item) pairs, one positive in ``1 + num_negatives``, all weight 1."""
+        g = int(config.global_batch_size)
+        return {"user": rng.integers(0, int(config.num_users), g, dtype=np.int32),
+                "item": rng.integers(0, int(config.num_items), g, dtype=np.int32),
+                "label": (rng.integers(0, 1 + int(config.num_negatives), g) == 0).astype(np.float32),
+                "weight": np.ones(g, np.float32)}
+
     def throughput_units(self, config, batch):
         return "samples", int(config.global_batch_size)
 
