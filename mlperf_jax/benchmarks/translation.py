@@ -127,6 +127,24 @@ class TranslationBenchmark(Benchmark, abc.ABC):
         self._detokenizers[key] = src.detokenize
         return src.source
 
+    def fake_train_batch(self, config, rng: np.random.Generator) -> Batch:
+        """Random sentence pairs shaped like the real pipeline's batches: WMT-like lengths
+        (uniform 10-60 subwords, EOS included, capped at ``max_len``), packed when
+        ``config.pack``, else one pair a row."""
+        from mlperf_jax.input_pipelines import wmt
+        n, length, v = int(config.global_batch_size), int(config.max_len), int(config.vocab_size)
+        hi = min(60, length)
+
+        def pairs():
+            while True:
+                a, b = rng.integers(min(10, hi), hi + 1, size=2)
+                yield {"inputs": np.append(rng.integers(3, v, a - 1), wmt.EOS_ID).astype(np.int32),
+                       "targets": np.append(rng.integers(3, v, b - 1), wmt.EOS_ID).astype(np.int32)}
+
+        rows = wmt.pack_rows(pairs(), length) if config.get("pack", False) else \
+            wmt.pad_rows(pairs(), length)
+        return next(wmt._batches(rows, n))
+
     def throughput_units(self, config, batch: Batch) -> tuple[str, int]:
         # target tokens in the global batch (the unit of the references' batch size)
         return "tokens", int(np.sum(np.asarray(batch["targets"]) > 0))
