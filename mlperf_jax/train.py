@@ -94,9 +94,9 @@ def _spec_from_batch(batch: dict[str, np.ndarray], process_count: int) -> dict[s
 
 
 def compile_benchmark(bench: Benchmark, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                      steps_per_epoch: int, train_spec: dict, eval_spec: dict, *,
+                      steps_per_epoch: int, train_spec: dict, eval_spec: dict | None, *,
                       fsdp: bool = False) -> Compiled:
-    """Build and compile (ahead of time) init, the train step and the eval step."""
+    """Build and compile (ahead of time) init, the train step and (given its spec) the eval step."""
     tx, schedule = bench.optimizer(config, steps_per_epoch)
 
     def init_fn(rng):
@@ -134,7 +134,7 @@ def compile_benchmark(bench: Benchmark, config: ml_collections.ConfigDict, mesh:
         train_step, in_shardings=(state_sh, {k: bsh for k in train_spec}, repl),
         out_shardings=(state_sh, repl), donate_argnums=(0,),
     ).lower(abstract, train_spec, rng_spec).compile()
-    eval_c = jax.jit(
+    eval_c = None if eval_spec is None else jax.jit(
         eval_step, in_shardings=(state_sh, {k: bsh for k in eval_spec}),
     ).lower(abstract, eval_spec).compile()
     compile_s = time.perf_counter() - t0

@@ -1,0 +1,184 @@
+"""Train-step throughput of a benchmark, compile time apart, against this machine's matmul peak.
+
+    python scripts/bench_train_step.py --benchmark=resnet50 --batch_size=16 --steps=5 \
+        [--dtype=float32|bfloat16] [--config=reference] [--torch]
+
+Prints ``N <unit>/s`` (compile excluded), the compile time, and the achieved FLOP/s (XLA's cost
+analysis of the compiled step) as a fraction of the peak measured in the same run by a large
+matmul. For ResNet-50 with ``--torch`` (default: on when torch is importable) it measures
+torchvision's ResNet-50 training step on the same machine, same batch, side by side.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("benchmark", "resnet50", "benchmark whose train step to measure")
+flags.DEFINE_string("config", "reference", "config variant (the model to measure)")
+flags.DEFINE_integer("batch_size", 16, "global batch size")
+flags.DEFINE_integer("steps", 5, "timed steps (after one warm-up step)")
+flags.DEFINE_integer("repeats", 3, "timed repetitions; the best is reported")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: config's)")
+flags.DEFINE_bool("torch", None, "also measure torchvision (ResNet-50 only); default: if installed")
+flags.DEFINE_integer("matmul_size", 4096, "size of the square matmul that measures the peak")
+flags.DEFINE_bool("fsdp", False, "shard parameters over the devices")
+FLAGS = flags.FLAGS
+
+
+def matmul_peak_jax(n: int, dtype) -> float:
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), dtype)
+    b = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def bench_jax():
+    import jax
+    import numpy as np
+
+    from mlperf_jax import benchmarks, sharding
+    from mlperf_jax import train as T
+
+    bench = benchmarks.get(FLAGS.benchmark)
+    config = bench.get_config(FLAGS.config)
+    config.global_batch_size = FLAGS.batch_size
+    if FLAGS.dtype:
+        config.dtype = FLAGS.dtype
+    rng = np.random.default_rng(0)
+    try:
+        batch = bench.fake_train_batch(config, rng)
+    except NotImplementedError:
+        tiny = bench.get_config("tiny")
+        tiny.global_batch_size = FLAGS.batch_size
+        config = tiny
+        data = bench.data_source(config, None, seed=0, process_index=0, process_count=1)
+        batch = next(iter(data.train_epoch(1, 0, None)))
+        print(f"note: {bench.name} has no fake batch; measuring its tiny config instead")
+    mesh = sharding.make_mesh()
+    spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    c = T.compile_benchmark(bench, config, mesh, 1000, spec, None, fsdp=FLAGS.fsdp)
+    compile_s = c.compile_time_s  # init and train step, ahead of time
+    flops = (c.train_step.cost_analysis() or {})
+    if isinstance(flops, list):
+        flops = flops[0] if flops else {}
+    step_flops = float(flops.get("flops", 0.0))
+    key = jax.random.key(0)
+    state = c.init(key)
+    gbatch = sharding.host_batch_to_global(batch, mesh)
+    state, m = c.train_step(state, gbatch, key)
+    m["loss"].block_until_ready()
+    best = float("inf")
+    for _ in range(FLAGS.repeats):
+        t = time.perf_counter()
+        for _ in range(FLAGS.steps):
+            state, m = c.train_step(state, gbatch, key)
+        jax.block_until_ready(state.params)
+        best = min(best, (time.perf_counter() - t) / FLAGS.steps)
+    unit, per_step = bench.throughput_units(config, batch)
+    return {"unit": unit, "per_step": per_step, "step_s": best, "compile_s": compile_s,
+            "flops": step_flops, "dtype": config.get("dtype", "float32"),
+            "platform": jax.devices()[0].platform, "n_devices": jax.device_count()}
+
+
+def matmul_peak_torch(n: int) -> float:
+    import torch
+    a = torch.ones(n, n)
+    b = torch.ones(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def bench_torch(batch_size: int, steps: int, repeats: int):
+    import torch
+    import torchvision
+    model = torchvision.models.resnet50()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = torch.randn(batch_size, 3, 224, 224)
+    y = torch.randint(0, 1000, (batch_size,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - t) / steps)
+    return best
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        raise SystemExit(2)
+    if FLAGS.batch_size <= 0 or FLAGS.steps <= 0:
+        print("error: --batch_size and --steps must be positive", file=sys.stderr)
+        raise SystemExit(2)
+    import jax.numpy as jnp
+    try:
+        r = bench_jax()
+    except (KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    peak = matmul_peak_jax(FLAGS.matmul_size,
+                           jnp.bfloat16 if r["dtype"] == "bfloat16" else jnp.float32)
+    rate = r["per_step"] / r["step_s"]
+    achieved = r["flops"] / r["step_s"]
+    print(f"benchmark: {FLAGS.benchmark} ({FLAGS.config} model), batch {FLAGS.batch_size}, "
+          f"{r['dtype']}, {r['n_devices']} {r['platform']} device(s)")
+    print(f"jax: {rate:,.2f} {r['unit']}/s  ({r['step_s'] * 1e3:.1f} ms/step, compile excluded)")
+    print(f"jax: compile time {r['compile_s']:.2f} s")
+    print(f"jax: {achieved / 1e9:,.1f} GFLOP/s achieved ({r['flops'] / 1e9:,.2f} GFLOP/step) = "
+          f"{100 * achieved / peak:.0f}% of the {r['dtype']} matmul peak {peak / 1e9:,.1f} GFLOP/s "
+          f"measured now")
+    use_torch = FLAGS.torch
+    if use_torch is None:
+        try:
+            import torch  # noqa: F401
+            import torchvision  # noqa: F401
+            use_torch = FLAGS.benchmark == "resnet50"
+        except ImportError:
+            use_torch = False
+            print("torch: not installed (pip install '.[bench]' to measure it side by side)")
+    if use_torch:
+        if FLAGS.benchmark != "resnet50":
+            print("torch: the side-by-side comparison exists for resnet50 only")
+            return
+        t = bench_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats)
+        tpeak = matmul_peak_torch(FLAGS.matmul_size)
+        trate = FLAGS.batch_size / t
+        print(f"torch: {trate:,.2f} images/s  ({t * 1e3:.1f} ms/step, torchvision resnet50, fp32)")
+        print(f"torch: {r['flops'] / t / 1e9:,.1f} GFLOP/s (same FLOP count) = "
+              f"{100 * r['flops'] / t / tpeak:.0f}% of torch's fp32 matmul peak "
+              f"{tpeak / 1e9:,.1f} GFLOP/s")
+        print(f"ratio jax/torch: {rate / trate:.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
