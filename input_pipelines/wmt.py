@@ -189,16 +189,24 @@ def _prefetch(it: Iterator, size: int = 4) -> Iterator:
     done = object()
     stop = threading.Event()
 
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer went away: let the thread end
+
     def work():
         try:
             for x in it:
-                if stop.is_set():
+                if not put(x):
                     return
-                q.put(x)
         except BaseException as e:  # surfaced in the consumer
-            q.put(e)
+            put(e)
         finally:
-            q.put(done)
+            put(done)
 
     t = threading.Thread(target=work, daemon=True)
     t.start()

@@ -105,3 +105,17 @@ def test_missing_data_says_where_and_how(tmp_path):
         wmt.train_vocab(str(tmp_path), "wmt17_translate/de-en", 64)
     with pytest.raises(DatasetNotFoundError, match="data_dir"):
         wmt.data_source(c, None, seed=0, process_index=0, process_count=1)
+
+
+def test_prefetch_thread_ends_when_the_consumer_stops():
+    import threading
+    before = threading.active_count()
+    it = wmt._prefetch(iter(range(1000)), size=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()
+    import time
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= before
