@@ -70,6 +70,19 @@ def olympic_score(results: Sequence[RunResult], *, drop: int = 1,
     return Score(value, [i for _, i in used], [i for _, i in dropped], True)
 
 
+def first_converged_score(results: Sequence[RunResult], k: int, *, drop: int = 1) -> Score:
+    """MLPerf v0.5 NCF: "run 100, use the first 50 that converge", olympic mean over those."""
+    conv = [r for r in results if r.converged][:k]
+    if len(conv) < k:
+        return Score(None, [r.run for r in conv], [], False,
+                     f"only {len(conv)} of the {k} converged runs the rules score were reached "
+                     f"in {len(results)} runs")
+    s = olympic_score(conv, drop=drop, max_non_converged=0)
+    s.reason = (f"first {k} converged runs of {len(results)} scored" +
+                (f"; {s.reason}" if s.reason else ""))
+    return s
+
+
 def format_table(benchmark: str, config_name: str, results: Sequence[RunResult], score: Score,
                  target: float, metric: str, synthetic: bool) -> str:
     """The time-to-train table printed at the end of a training command."""

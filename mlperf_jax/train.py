@@ -470,7 +470,15 @@ def train(benchmark: str | Benchmark, config: ml_collections.ConfigDict, opts: R
              f" mesh {dict(mesh.shape)} of {jax.devices()[0].platform}, workdir {opts.workdir}")
     runs: list[results_lib.RunResult] = []
     checksums: list[float] = []
+    # v0.5 NCF: launch up to num_runs, score the first `converged_runs_scored` that converge
+    scored_k = int(config.get("converged_runs_scored", 0) or 0)
+    if scored_k and opts.num_runs is not None and opts.num_runs < scored_k:
+        scored_k = 0  # fewer runs asked for than the rule scores: plain olympic mean, said below
+        print_fn(f"note: --num_runs={opts.num_runs} is below the {config.converged_runs_scored} "
+                 "converged runs the rules score for this benchmark: plain olympic mean")
     for i in range(num_runs):
+        if scored_k and sum(r.converged for r in runs) >= scored_k:
+            break
         seed = opts.seed + i
         run_dir = os.path.join(opts.workdir, f"run_{i}")
         done_path = os.path.join(run_dir, "result.json")
@@ -495,9 +503,13 @@ def train(benchmark: str | Benchmark, config: ml_collections.ConfigDict, opts: R
         line = (f"run {i}: {r.status} in {r.time_to_train_s:.2f} s, {r.epochs:.2f} epochs, "
                 f"{config.target_metric} {r.metric if r.metric is None else round(r.metric, 4)}")
         print_fn(line + (f" ({r.reason})" if r.reason else ""))
-    score = results_lib.olympic_score(
-        runs, drop=int(config.get("olympic_drop", 1)),
-        max_non_converged=config.get("max_non_converged", None))
+    if scored_k:
+        score = results_lib.first_converged_score(runs, scored_k,
+                                                  drop=int(config.get("olympic_drop", 1)))
+    else:
+        score = results_lib.olympic_score(
+            runs, drop=int(config.get("olympic_drop", 1)),
+            max_non_converged=config.get("max_non_converged", None))
     target = bench.target(config)
     table = results_lib.format_table(bench.name, opts.config_name, runs, score, target.value,
                                      target.metric, synthetic)

@@ -146,3 +146,13 @@ def test_olympic_mean_one_non_converged_run_allowed_two_invalid():
     assert 4 in one.dropped_runs
     two = R.olympic_score([_rr(0, 60), _rr(1, 120), _rr(2, 180), _rr(3, 5, False), _rr(4, 9, False)])
     assert not two.valid and two.value is None and "2 runs did not converge" in two.reason
+
+
+def test_first_converged_runs_rule_v05_ncf():
+    runs = [_rr(0, 60), _rr(1, 5, ok=False), _rr(2, 120), _rr(3, 180), _rr(4, 240), _rr(5, 300)]
+    s = R.first_converged_score(runs, 4)
+    # runs 0, 2, 3, 4 are the first four converged; drop 60 and 240
+    assert s.valid and s.value == pytest.approx((120 + 180) / 2 / 60)
+    assert sorted(s.used_runs) == [2, 3]
+    short = R.first_converged_score(runs[:3], 4)
+    assert not short.valid and "only 2 of the 4" in short.reason
