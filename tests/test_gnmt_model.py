@@ -44,9 +44,10 @@ def test_decode_step_matches_teacher_forcing():
     state = m.apply({"params": params}, 3, method=G.GNMT.init_state)
     dec_in = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
     outs = []
+    step = jax.jit(lambda mem, st, ids: m.apply({"params": params}, mem, st, ids,
+                                                method=G.GNMT.decode_step))
     for t in range(targets.shape[1]):
-        logits, state, attn = m.apply({"params": params}, memory, state, dec_in[:, t:t + 1],
-                                      method=G.GNMT.decode_step)
+        logits, state, attn = step(memory, state, dec_in[:, t:t + 1])
         outs.append(logits)
         np.testing.assert_allclose(attn.sum(-1), 1.0, rtol=1e-5)
         assert float(attn[0, 5:].max()) == 0.0   # no attention on padding

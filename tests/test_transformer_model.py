@@ -68,7 +68,12 @@ def test_attention_dropout_path_matches_fused_path_without_dropout():
 def test_bfloat16_compute_keeps_float32_logits():
     config = tb.get_config("tiny")
     config.dtype = "bfloat16"
-    params, _ = tb.BENCHMARK.init(config, jax.random.key(0))
     x = jnp.ones((2, 16), jnp.int32)
-    logits = tb.BENCHMARK.logits(config, params, {"inputs": x, "targets": x}, None, train=False)
+
+    @jax.jit
+    def f(rng):
+        params, _ = tb.BENCHMARK.init(config, rng)
+        return tb.BENCHMARK.logits(config, params, {"inputs": x, "targets": x}, None, train=False)
+
+    logits = f(jax.random.key(0))
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
