@@ -126,6 +126,9 @@ class GNMTBenchmark(translation.TranslationBenchmark):
     name = "gnmt"
     mlperf_name = "gnmt"
     config_names = ("reference", "tiny")
+    # the schedule's knobs are closed-division tunables for GNMT (they are logged for that)
+    tunable_hparams = translation.TranslationBenchmark.tunable_hparams | frozenset({
+        "remain_steps", "decay_steps", "decay_factor"})
 
     def get_config(self, variant: str) -> ml_collections.ConfigDict:
         return get_config(variant)
