@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlperf_jax.models.conv import MatmulConv
+
 ModuleDef = Any
 
 # The MLPerf TF reference: variance scaling (fan_in, truncated normal) for convolutions and
@@ -82,10 +84,15 @@ class ResNet(nn.Module):
     small_stem: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    #: "xla" (lax convolutions) or "matmul" (im2col GEMMs, faster on CPUs; same parameters)
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        if self.conv_impl not in ("xla", "matmul"):
+            raise ValueError(f"conv_impl must be xla or matmul, got {self.conv_impl!r}")
+        conv_cls = MatmulConv if self.conv_impl == "matmul" else nn.Conv
+        conv = functools.partial(conv_cls, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype, param_dtype=jnp.float32)

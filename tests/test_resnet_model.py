@@ -46,3 +46,23 @@ def test_bfloat16_compute_keeps_float32_params():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v["params"]))
     logits = model.apply(v, x, train=False)
     assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+
+
+def test_matmul_conv_equals_lax_conv_values_and_gradients():
+    """The CPU-friendly convolution computes the same function and gradients as nn.Conv."""
+    from mlperf_jax.models.conv import MatmulConv
+    x = jax.random.normal(jax.random.key(1), (2, 13, 13, 5))
+    for ks, st, pad in [((3, 3), (1, 1), "SAME"), ((3, 3), (2, 2), "SAME"),
+                        ((1, 1), (2, 2), "SAME"), ((1, 1), (1, 1), "SAME"),
+                        ((7, 7), (2, 2), [(3, 3), (3, 3)])]:
+        ref = resnet.nn.Conv(7, ks, st, padding=pad, use_bias=False)
+        mm = MatmulConv(7, ks, st, padding=pad)
+        v = ref.init(jax.random.key(0), x)
+        np.testing.assert_allclose(mm.apply(v, x), ref.apply(v, x), atol=2e-5)
+
+        def loss(m):
+            return lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+        g_ref = jax.grad(loss(ref), argnums=(0, 1))(v, x)
+        g_mm = jax.grad(loss(mm), argnums=(0, 1))(v, x)
+        for a, b in zip(jax.tree.leaves(g_mm), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)

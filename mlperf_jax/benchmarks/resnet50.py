@@ -47,6 +47,9 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
     c.image_size = 224
     c.dtype = "bfloat16"
     c.label_smoothing = 0.1
+    # convolutions as lax convs ("xla"), as im2col GEMMs ("matmul": same math and parameters,
+    # faster on CPUs), or "auto" (matmul on CPU, xla elsewhere)
+    c.conv_impl = "auto"
     c.eval_every_epochs = 4
     c.eval_offset_epochs = 0
     c.eval_batch_size = 1024
@@ -112,12 +115,15 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
 def _model(config: ml_collections.ConfigDict):
     from mlperf_jax.models import resnet
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    impl = config.get("conv_impl", "xla")
+    if impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "xla"
     if config.model == "resnet50":
-        return resnet.ResNet50(num_classes=config.num_classes, dtype=dtype)
+        return resnet.ResNet50(num_classes=config.num_classes, dtype=dtype, conv_impl=impl)
     if config.model == "resnet_tiny":
         return resnet.ResNet(stage_sizes=list(config.tiny_stages), block_cls=resnet.BasicBlock,
                              num_filters=config.tiny_filters, num_classes=config.num_classes,
-                             small_stem=True, dtype=dtype)
+                             small_stem=True, dtype=dtype, conv_impl=impl)
     raise ValueError(f"unknown model {config.model!r}")
 
 
