@@ -1,10 +1,12 @@
 """ImageNet (TFDS ``imagenet2012``) for ResNet-50: the MLPerf reference preprocessing in tf.data.
 
 Training: Inception-style random crop (area 8-100%, aspect 3/4-4/3) decoded straight from the
-JPEG, resized to 224, random horizontal flip. Evaluation: resize the shorter side to 256, center
-crop 224. Images leave the pipeline as uint8 (a quarter of the bytes of float32 to the device);
-normalisation runs on the device. Every random choice is a stateless function of (seed, epoch,
-example position), so an epoch is reproducible and a resumed run can skip to where it stopped.
+JPEG, resized to 224, random horizontal flip. Evaluation: ``preprocessing.eval_image``, the same
+function the inference QSL calls (shorter side to 256 with area resize, central crop 224; the
+training reference resizes bilinearly here, ``preprocessing.py`` says why we do not). Images
+leave the pipeline as uint8 (a quarter of the bytes of float32 to the device); normalisation runs
+on the device (``preprocessing.normalize``). Every random choice is a stateless function of (seed,
+epoch, example position), so an epoch is reproducible and a resumed run can skip to where it stopped.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.input_pipelines import preprocessing
 
 NAME = "imagenet2012"
-RESIZE = 256
 AUTOTUNE = tf.data.AUTOTUNE
 
 PREPARE = (
@@ -63,18 +65,9 @@ def preprocess_train(image_bytes: tf.Tensor, seed: tf.Tensor, size: int = 224) -
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def preprocess_eval(image_bytes: tf.Tensor, size: int = 224) -> tf.Tensor:
-    image = tf.io.decode_jpeg(image_bytes, channels=3)
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    scale = RESIZE / tf.minimum(h, w)
-    nh = tf.cast(tf.round(h * scale), tf.int32)
-    nw = tf.cast(tf.round(w * scale), tf.int32)
-    image = tf.image.resize(image, [nh, nw], method="bilinear")
-    top, left = (nh - size) // 2, (nw - size) // 2
-    image = image[top:top + size, left:left + size]
-    image = tf.ensure_shape(image, [size, size, 3])
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+def preprocess_eval(image_bytes: tf.Tensor, size: int = 224, model: str = "resnet50") -> tf.Tensor:
+    """The uint8 eval crop, exactly as the inference QSL makes it for ``model``."""
+    return preprocessing.eval_image(image_bytes, model, size)
 
 
 def host_split(split: str, process_index: int, process_count: int, drop_remainder: bool) -> str:
@@ -108,12 +101,13 @@ def train_dataset(data_dir: str | None, *, batch_size: int, seed: int, epoch: in
 
 def eval_dataset(data_dir: str | None, *, batch_size: int, image_size: int = 224,
                  process_index: int = 0, process_count: int = 1,
-                 num_examples: int | None = None) -> tf.data.Dataset:
+                 num_examples: int | None = None, model: str = "resnet50") -> tf.data.Dataset:
     """This host's share of the validation set, padded to whole batches (``mask`` marks real rows).
 
     Every host yields the same number of batches (multi-host collectives need that), so shares
-    are padded to the largest one.
+    are padded to the largest one. ``model`` names the preprocessing convention.
     """
+    preprocessing.convention(model)  # fail before building the pipeline
     builder = tfds.builder(NAME, data_dir=data_dir)
     total = builder.info.splits["validation"].num_examples if num_examples is None else num_examples
     split = host_split("validation", process_index, process_count, drop_remainder=False)
@@ -121,7 +115,7 @@ def eval_dataset(data_dir: str | None, *, batch_size: int, image_size: int = 224
     n_batches = -(-per_host // batch_size)
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             decoders={"image": tfds.decode.SkipDecoding()})
-    ds = ds.map(lambda ex: {"image": preprocess_eval(ex["image"], image_size),
+    ds = ds.map(lambda ex: {"image": preprocess_eval(ex["image"], image_size, model),
                             "label": tf.cast(ex["label"], tf.int32),
                             "mask": tf.constant(True)}, num_parallel_calls=AUTOTUNE)
     pad = tf.data.Dataset.from_tensors({

@@ -13,15 +13,21 @@ From the raw ratings (TFDS ``movielens/20m-ratings`` or the original ``ratings.c
    among the items that are not a training positive of that user (as the reference's
    ``CFTrainDataset`` does), with a vectorised rejection sampler.
 
-Steps 1-4 are cached as one ``.npz`` in the data dir (or ``cache_dir``); a second run starts from
-the cache. Differences from the reference, on purpose: the 999 evaluation negatives are distinct and
-never equal to the held-out item (the reference samples with replacement from a set that still
-contains the held-out item, so some of its users effectively have fewer than 999 negatives).
+Steps 1-4 are the one-time, untimed preparation (``prepare``; ``python scripts/prepare_data.py
+--benchmark=ncf --data_dir=DIR``): one ``.npz`` of arrays in ``DIR/ncf_cache`` (or ``cache_dir``)
+and, next to it, a small ``.json`` of sizes. ``data_source`` reads only that JSON, so it touches no
+data before the clock; the arrays are loaded on the first ``train_epoch`` / ``eval_batches`` call,
+inside the clock, once per data source.
+
+Differences from the reference, on purpose: the 999 evaluation negatives are distinct and never
+equal to the held-out item (the reference samples with replacement from a set that still contains
+the held-out item, so some of its users effectively have fewer than 999 negatives).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import queue
 import threading
@@ -29,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DataSource, DatasetNotFoundError
 
 TFDS_NAME = "movielens/20m-ratings"
 CSV_NAMES = ("ratings.csv", os.path.join("ml-20m", "ratings.csv"))
@@ -37,6 +43,8 @@ MIN_RATINGS = 20
 NUM_EVAL_NEGATIVES = 999
 NUM_TRAIN_NEGATIVES = 4
 CACHE_VERSION = 1
+META_VERSION = 1
+DEFAULT_CACHE_SUBDIR = "ncf_cache"
 # ML-20M after the reference's preprocessing.
 ML20M_NUM_USERS = 138493
 ML20M_NUM_ITEMS = 26744
@@ -72,13 +80,38 @@ class Prepared:
     def num_train_positives(self) -> int:
         return int(self.train_users.shape[0])
 
+    @property
+    def num_eval_negatives(self) -> int:
+        return int(self.eval_negatives.shape[1])
+
+    def get(self) -> "Prepared":
+        """The arrays (already in memory); ``PreparedMeta.get`` loads them."""
+        return self
+
+    def sizes(self) -> dict[str, int]:
+        return {"num_users": int(self.num_users), "num_items": int(self.num_items),
+                "num_train_positives": self.num_train_positives,
+                "num_eval_negatives": self.num_eval_negatives}
+
     def save(self, path: str) -> None:
+        """The arrays as ``path`` (.npz), then their sizes as ``meta_path(path)`` (.json)."""
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
             np.savez(f, version=CACHE_VERSION, num_users=self.num_users, num_items=self.num_items,
                      train_users=self.train_users, train_items=self.train_items,
                      test_items=self.test_items, eval_negatives=self.eval_negatives)
         os.replace(tmp, path)
+        self.write_meta(path)
+
+    def write_meta(self, path: str) -> None:
+        """The sidecar ``data_source`` reads instead of the arrays at ``path``."""
+        mpath = meta_path(path)
+        tmp = f"{mpath}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"version": META_VERSION, "cache_version": CACHE_VERSION,
+                       "file": os.path.basename(path), "bytes": os.path.getsize(path),
+                       **self.sizes()}, f, indent=1)
+        os.replace(tmp, mpath)
 
     @classmethod
     def load(cls, path: str) -> "Prepared":
@@ -87,6 +120,39 @@ class Prepared:
                 raise ValueError(f"{path}: cache version {int(z['version'])}, want {CACHE_VERSION}")
             return cls(int(z["num_users"]), int(z["num_items"]), z["train_users"], z["train_items"],
                        z["test_items"], z["eval_negatives"])
+
+
+def meta_path(npz_path: str) -> str:
+    """The metadata sidecar of a prepared ``.npz``."""
+    return npz_path[: -len(".npz")] + ".json" if npz_path.endswith(".npz") else npz_path + ".json"
+
+
+class PreparedMeta:
+    """A prepared dataset known by its sidecar only: the sizes now, the arrays (``get()``) loaded
+    on first use, once, under a lock (the batch threads may ask together)."""
+
+    def __init__(self, path: str, num_users: int, num_items: int, num_train_positives: int,
+                 num_eval_negatives: int):
+        self.path = path
+        self.num_users, self.num_items = int(num_users), int(num_items)
+        self.num_train_positives = int(num_train_positives)
+        self.num_eval_negatives = int(num_eval_negatives)
+        self._lock = threading.Lock()
+        self._prepared: Prepared | None = None
+
+    def get(self) -> Prepared:
+        if self._prepared is None:
+            with self._lock:
+                if self._prepared is None:
+                    p = Prepared.load(self.path)
+                    want = {"num_users": self.num_users, "num_items": self.num_items,
+                            "num_train_positives": self.num_train_positives,
+                            "num_eval_negatives": self.num_eval_negatives}
+                    if p.sizes() != want:
+                        raise ValueError(f"{self.path} holds {p.sizes()} but its metadata says "
+                                         f"{want}: prepare the data again")
+                    self._prepared = p
+        return self._prepared
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -321,34 +387,94 @@ def load_raw_ratings(data_dir: str):
     return _read_tfds(data_dir)
 
 
+def default_cache_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, DEFAULT_CACHE_SUBDIR)
+
+
 def cache_path(cache_dir: str, *, num_eval_negatives: int, min_ratings: int, data_seed: int) -> str:
     tag = hashlib.sha1(f"{CACHE_VERSION}:{num_eval_negatives}:{min_ratings}:{data_seed}".encode()
                        ).hexdigest()[:10]
     return os.path.join(cache_dir, f"ncf_ml20m_{tag}.npz")
 
 
+def prepare_command(data_dir: str | None, *, cache_dir: str | None = None,
+                    num_eval_negatives: int = NUM_EVAL_NEGATIVES, min_ratings: int = MIN_RATINGS,
+                    data_seed: int = 0) -> str:
+    """The command that writes what ``load_meta`` looks for with these arguments."""
+    extra = "".join(f" --config.{k}={v}" for k, v, default in (
+        ("cache_dir", cache_dir or None, None), ("num_eval_negatives", num_eval_negatives,
+                                         NUM_EVAL_NEGATIVES),
+        ("min_ratings", min_ratings, MIN_RATINGS), ("data_seed", data_seed, 0)) if v != default)
+    return (f"python scripts/prepare_data.py --benchmark=ncf --data_dir={data_dir or 'DATA_DIR'}"
+            + extra)
+
+
 def prepare(data_dir: str, *, cache_dir: str | None = None,
             num_eval_negatives: int = NUM_EVAL_NEGATIVES, min_ratings: int = MIN_RATINGS,
-            data_seed: int = 0, log=print) -> Prepared:
-    """The preprocessed dataset, from the cache when it is there (``Prepared``)."""
-    cache_dir = cache_dir or data_dir
+            data_seed: int = 0, force: bool = False, log=print) -> Prepared:
+    """The one-time preparation: the preprocessed dataset, written to ``cache_dir`` (default
+    ``data_dir/ncf_cache``) as ``.npz`` plus its ``.json`` sidecar; from the cache when it is
+    there (unless ``force``). Raises ``OSError`` when it cannot write them."""
+    if not cache_dir:
+        if not data_dir:
+            raise DatasetNotFoundError(f"MovieLens-20M not found: no data dir given; "
+                                       f"{_help('DATA_DIR')}")
+        cache_dir = default_cache_dir(data_dir)
     path = cache_path(cache_dir, num_eval_negatives=num_eval_negatives, min_ratings=min_ratings,
-                      data_seed=data_seed) if cache_dir else None
-    if path and os.path.isfile(path):
+                      data_seed=data_seed)
+    if not force and os.path.isfile(path):
         try:
-            return Prepared.load(path)
+            prepared = Prepared.load(path)
         except Exception as e:  # a broken cache is rebuilt, never trusted
             log(f"movielens: ignoring unreadable cache {path}: {e}")
+        else:
+            meta = _read_json(meta_path(path))
+            if meta is None or meta.get("bytes") != os.path.getsize(path) or any(
+                    meta.get(k) != v for k, v in prepared.sizes().items()):
+                prepared.write_meta(path)  # caches from before the sidecar existed
+            return prepared
     users, items, ts = load_raw_ratings(data_dir)
     prepared = prepare_from_raw(users, items, ts, num_eval_negatives=num_eval_negatives,
                                 min_ratings=min_ratings, data_seed=data_seed)
-    if path:
-        try:
-            os.makedirs(cache_dir, exist_ok=True)
-            prepared.save(path)
-        except OSError as e:
-            log(f"movielens: could not write the cache {path}: {e}")
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        prepared.save(path)
+    except OSError as e:
+        raise OSError(f"could not write the prepared MovieLens data {path}: {e}") from e
     return prepared
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def load_meta(data_dir: str | None, *, cache_dir: str | None = None,
+              num_eval_negatives: int = NUM_EVAL_NEGATIVES, min_ratings: int = MIN_RATINGS,
+              data_seed: int = 0) -> PreparedMeta:
+    """What ``prepare`` wrote, known by its sidecar only (no array is read). Raises
+    ``DatasetNotFoundError`` naming the command to run when the preparation is missing."""
+    cmd = prepare_command(data_dir, cache_dir=cache_dir, num_eval_negatives=num_eval_negatives,
+                          min_ratings=min_ratings, data_seed=data_seed)
+    if not data_dir:
+        raise DatasetNotFoundError(
+            "MovieLens-20M needs --data_dir (the directory holding ml-20m/ratings.csv or TFDS "
+            f"'{TFDS_NAME}'), prepared once with `{cmd}`")
+    path = cache_path(cache_dir or default_cache_dir(data_dir),
+                      num_eval_negatives=num_eval_negatives, min_ratings=min_ratings,
+                      data_seed=data_seed)
+    meta = _read_json(meta_path(path))
+    if (meta is None or meta.get("version") != META_VERSION
+            or meta.get("cache_version") != CACHE_VERSION or not os.path.isfile(path)
+            or os.path.getsize(path) != meta.get("bytes")):
+        raise DatasetNotFoundError(
+            f"prepared MovieLens-20M not found ({meta_path(path)} and {os.path.basename(path)} "
+            f"missing or out of date): run `{cmd}` once, untimed")
+    return PreparedMeta(path, meta["num_users"], meta["num_items"], meta["num_train_positives"],
+                        meta["num_eval_negatives"])
 
 
 # --------------------------------------------------------------------------------------- batching
@@ -405,17 +531,20 @@ class TrainBatches:
     deterministic per (seed, epoch) for a given host layout, and a resumed run (``skip_steps``)
     sees what an uninterrupted run sees. The next epoch's permutation is computed in the
     background while this one runs.
+
+    ``prepared`` is a ``Prepared`` or a ``PreparedMeta``: construction uses only the sizes; the
+    arrays and the positive set are built on the first ``epoch`` (inside the clock).
     """
 
-    def __init__(self, prepared: Prepared, global_batch_size: int, *, num_negatives: int,
-                 seed: int, process_index: int = 0, process_count: int = 1, prefetch: int = 4,
-                 num_workers: int | None = None, chunk_samples: int = 1 << 18):
+    def __init__(self, prepared: Prepared | PreparedMeta, global_batch_size: int, *,
+                 num_negatives: int, seed: int, process_index: int = 0, process_count: int = 1,
+                 prefetch: int = 4, num_workers: int | None = None, chunk_samples: int = 1 << 18):
         if global_batch_size % process_count:
             raise ValueError(f"global batch size {global_batch_size} does not split over "
                              f"{process_count} hosts")
         if num_negatives < 0:
             raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
-        self.p = prepared
+        self.source = prepared
         self.global_batch_size = int(global_batch_size)
         self.local_batch_size = self.global_batch_size // process_count
         self.k = int(num_negatives)
@@ -424,12 +553,29 @@ class TrainBatches:
         self.prefetch = prefetch
         self.num_workers = num_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
         self.chunk_steps = max(1, int(chunk_samples) // self.local_batch_size)
-        self.positives = PositiveSet(prepared.train_users, prepared.train_items, prepared.num_items)
-        check_samplable(prepared.num_users, self.positives)
-        self.num_samples = prepared.num_train_positives * (1 + self.k)
+        self.num_samples = int(prepared.num_train_positives) * (1 + self.k)
         self.steps_per_epoch = -(-self.num_samples // self.global_batch_size)
         self._perm_lock = threading.Lock()
         self._perm_next: tuple[int, threading.Thread, list] | None = None
+        self._positives_lock = threading.Lock()
+        self._positives: PositiveSet | None = None
+
+    @property
+    def p(self) -> Prepared:
+        """The arrays (loaded on first use)."""
+        return self.source.get()
+
+    @property
+    def positives(self) -> PositiveSet:
+        """The training positives' membership test (built on first use)."""
+        if self._positives is None:
+            with self._positives_lock:
+                if self._positives is None:
+                    p = self.p
+                    positives = PositiveSet(p.train_users, p.train_items, p.num_items)
+                    check_samplable(p.num_users, positives)
+                    self._positives = positives
+        return self._positives
 
     def permutation(self, epoch: int) -> np.ndarray:
         dtype = np.int32 if self.num_samples < 2 ** 31 else np.int64
@@ -481,13 +627,14 @@ class TrainBatches:
         c, i = divmod(step, self.chunk_steps)
         return self.chunk(perm, epoch, c)[i]
 
-    def epoch(self, epoch: int, skip_steps: int = 0, params=None) -> Iterator[dict[str, np.ndarray]]:
+    def epoch(self, epoch: int, skip_steps: int = 0) -> Iterator[dict[str, np.ndarray]]:
         if not 0 <= skip_steps <= self.steps_per_epoch:
             raise ValueError(f"skip_steps={skip_steps} outside [0, {self.steps_per_epoch}]")
 
         def gen():
             from concurrent.futures import ThreadPoolExecutor
 
+            _ = self.positives  # load the arrays here, before the worker threads start
             perm = self._permutation_prefetched(epoch)
             first = skip_steps // self.chunk_steps
             n_chunks = -(-self.steps_per_epoch // self.chunk_steps)
@@ -518,37 +665,84 @@ class TrainBatches:
 
 class EvalBatches:
     """Fixed-size eval batches of users: ``items[:, 0]`` is the held-out positive, the rest its
-    negatives; padded rows have ``mask == 0``. Each host yields its slice of every global batch."""
+    negatives; padded rows have ``mask == 0``. Each host yields its slice of every global batch.
+    Construction uses only the sizes of ``prepared`` (a ``Prepared`` or ``PreparedMeta``); the
+    arrays are read when the first batch is asked for."""
 
-    def __init__(self, prepared: Prepared, eval_batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(self, prepared: Prepared | PreparedMeta, eval_batch_size: int, *,
+                 process_index: int = 0, process_count: int = 1):
         if eval_batch_size % process_count:
             raise ValueError(f"eval batch size {eval_batch_size} does not split over "
                              f"{process_count} hosts")
-        self.p = prepared
+        self.source = prepared
+        self.num_users = int(prepared.num_users)
+        self.num_candidates = 1 + int(prepared.num_eval_negatives)
         self.global_batch_size = int(eval_batch_size)
         self.local_batch_size = self.global_batch_size // process_count
         self.process_index = process_index
-        self.items = np.concatenate([prepared.test_items[:, None], prepared.eval_negatives],
-                                    axis=1).astype(np.int32)
-        self.num_batches = -(-prepared.num_users // self.global_batch_size)
+        self.num_batches = -(-self.num_users // self.global_batch_size)
+        self._items_lock = threading.Lock()
+        self._items: np.ndarray | None = None
+
+    @property
+    def p(self) -> Prepared:
+        return self.source.get()
+
+    @property
+    def items(self) -> np.ndarray:
+        """``[num_users, 1 + negatives]``: the held-out item, then its negatives (built on first
+        use)."""
+        if self._items is None:
+            with self._items_lock:
+                if self._items is None:
+                    p = self.p
+                    self._items = np.concatenate([p.test_items[:, None], p.eval_negatives],
+                                                 axis=1).astype(np.int32)
+        return self._items
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        b, n = self.local_batch_size, self.items.shape[1]
+        b, n = self.local_batch_size, self.num_candidates
+        all_items = self.items
         for s in range(self.num_batches):
             lo = s * self.global_batch_size + self.process_index * b
-            hi = min(lo + b, self.p.num_users)
+            hi = min(lo + b, self.num_users)
             m = max(hi - lo, 0)
             users = np.zeros(b, np.int32)
             items = np.zeros((b, n), np.int32)
             mask = np.zeros(b, np.float32)
             if m:
                 users[:m] = np.arange(lo, hi, dtype=np.int32)
-                items[:m] = self.items[lo:hi]
+                items[:m] = all_items[lo:hi]
                 mask[:m] = 1.0
             yield {"user": users, "items": items, "mask": mask}
 
     def spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        g, n = self.global_batch_size, self.items.shape[1]
+        g, n = self.global_batch_size, self.num_candidates
         return {"user": ((g,), np.dtype(np.int32)), "items": ((g, n), np.dtype(np.int32)),
                 "mask": ((g,), np.dtype(np.float32))}
+
+
+# ------------------------------------------------------------------------------------ data source
+def data_source(prepared: Prepared | PreparedMeta, *, global_batch_size: int,
+                eval_batch_size: int, num_negatives: int = NUM_TRAIN_NEGATIVES, seed: int,
+                process_index: int = 0, process_count: int = 1, synthetic: bool = False,
+                name: str | None = None) -> DataSource:
+    """This host's NCF data. ``prepared``: ``load_meta(...)`` for the real dataset (nothing is
+    read until the first epoch or eval), or a ``Prepared`` built in memory (the synthetic tiny
+    track). Train and eval specs are the global batch shapes."""
+    import jax
+
+    train = TrainBatches(prepared, int(global_batch_size), num_negatives=int(num_negatives),
+                         seed=int(seed), process_index=process_index, process_count=process_count)
+    ev = EvalBatches(prepared, int(eval_batch_size), process_index=process_index,
+                     process_count=process_count)
+    name = name or ("synthetic MovieLens-like" if synthetic else "MovieLens-20M")
+    return DataSource(
+        num_train_samples=train.num_samples, num_eval_samples=int(prepared.num_users),
+        steps_per_epoch=train.steps_per_epoch, train_epoch=train.epoch, eval_batches=ev.__iter__,
+        train_spec={k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in train.spec().items()},
+        eval_spec={k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in ev.spec().items()},
+        description=(f"{name}: {prepared.num_users} users, {prepared.num_items} items, "
+                     f"{prepared.num_train_positives} train positives x (1 + {num_negatives} "
+                     f"negatives)"),
+        synthetic=bool(synthetic))

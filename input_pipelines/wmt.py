@@ -1,49 +1,157 @@
-"""WMT English-German for the translation benchmarks: tf.data over TFDS.
+"""WMT English-German for the translation benchmarks: one-time preparation, then tf.data over TFDS.
 
 - Data: TFDS ``wmt17_translate/de-en`` (Transformer) or ``wmt16_translate/de-en`` (GNMT) for
-  training, ``wmt14_translate/de-en`` ``test`` (newstest2014) for evaluation, prepared in
-  ``data_dir`` beforehand (``tfds build`` or ``tfds.load(..., download=True)``); this module never
-  downloads.
-- Vocabulary: one shared sentencepiece model trained from the training text by
-  ``scripts/prepare_wmt_vocab.py`` and cached in ``data_dir/wmt_vocab/`` (ids: 0 padding, 1 EOS,
-  2 unknown; no BOS: the decoder starts from 0).
+  training, ``wmt14_translate/de-en`` ``test`` (newstest2014) for evaluation, built in ``data_dir``
+  beforehand (``tfds build``); this module never downloads.
+- Preparation (``prepare``; ``python scripts/prepare_data.py --benchmark=transformer
+  --data_dir=DIR``), one-time and untimed as the rules allow for reformatting the data, idempotent,
+  everything in ``data_dir/wmt_vocab/``:
+  1. one shared sentencepiece model trained from the training text (ids: 0 padding, 1 EOS,
+     2 unknown; no BOS: the decoder starts from 0);
+  2. the eval set tokenised once (sources and references truncated to ``max_eval_len``) with the
+     raw reference strings, in an ``.npz``;
+  3. one counting pass over the filtered training data per host layout (``process_count``):
+     examples and packed rows of every host's shard;
+  4. ``<vocab>.meta.json``, a small file saying what the other three hold.
+- ``data_source`` reads only that JSON (and stats the files it names), so it touches no data
+  before the clock. Inside the clock the vocabulary is loaded on first use, the eval arrays on the
+  first ``eval_batches()`` / ``eval_context()``, and the training text is streamed every epoch.
 - Training: per-host shard of the split, shuffle (seeded by run seed and epoch), tokenisation in
   the pipeline (sentencepiece over batches of strings), pairs longer than ``max_len`` tokens
   (EOS included) discarded (the ``max_sequence_length`` ``discard`` method), then either padded
   to ``max_len`` or packed several to a row with segment ids and positions, batched, prefetched.
-- Eval: the whole test set tokenised once (sources truncated to ``max_eval_len``) and served in
-  fixed-size batches with ``mask`` and ``index``; the raw references go to BLEU untouched.
+- Eval: fixed-size batches with ``mask`` and ``index``; ``eval_context()`` gives BLEU the raw
+  references (dataset order) and the detokeniser.
 
-An epoch is ``steps_per_epoch`` global batches, computed by one counting pass over the filtered
-training data (cached next to the vocabulary): all of it when padding; when packing, 98% of the
-rows a pass packs in file order (a shuffled pass packs a little differently, so the epoch stops
-at that count and the remaining rows of the pass are dropped).
+An epoch is ``steps_per_epoch`` global batches: all the filtered examples when padding; when
+packing, 98% of the rows a pass packs in file order (a shuffled pass packs a little differently,
+so the epoch stops at that count and the remaining rows of the pass are dropped). With several
+hosts the smallest shard sets the count, so that every host runs the same number of steps.
 """
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import os
 import queue
+import re
 import threading
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mlperf_jax.benchmarks.base import DataSource, DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DataSource, DatasetNotFoundError, global_spec
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 PACK_EPOCH_FRACTION = 0.98
-PREPARE_HINT = ("prepare it with `tfds build {name} --data_dir={data_dir}` (or tfds.load(..., "
-                "download=True)), then run `python scripts/prepare_wmt_vocab.py "
-                "--benchmark={benchmark} --data_dir={data_dir}`")
+META_VERSION = 1
+#: config keys that change what preparation writes (and so belong in the command that redoes it)
+PREPARE_KEYS = ("train_dataset", "eval_dataset", "eval_split", "source_language",
+                "target_language", "vocab_size", "vocab_model_type", "max_len", "max_eval_len")
 
 
-# ------------------------------------------------------------------------------ vocabulary
+# ------------------------------------------------------------------------------ file layout
 def vocab_path(data_dir: str, dataset: str, vocab_size: int) -> str:
     return os.path.join(data_dir, "wmt_vocab", f"{dataset.replace('/', '_')}.spm{vocab_size}.model")
 
 
+def meta_path(data_dir: str, config) -> str:
+    """The metadata JSON: the only file ``data_source`` reads."""
+    return _prefix(data_dir, config) + ".meta.json"
+
+
+def eval_path(data_dir: str, config) -> str:
+    name = (f"{config.eval_dataset}.{_eval_split(config)}.len{_max_eval_len(config)}."
+            f"{config.source_language}-{config.target_language}")
+    return _prefix(data_dir, config) + ".eval." + re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npz"
+
+
+def _prefix(data_dir: str, config) -> str:
+    return vocab_path(data_dir, config.train_dataset, int(config.vocab_size))[: -len(".model")]
+
+
+def _eval_split(config) -> str:
+    return str(config.get("eval_split", "test"))
+
+
+def _max_eval_len(config) -> int:
+    return int(config.get("max_eval_len", config.max_len))
+
+
+def _eval_key(config) -> str:
+    return (f"{config.eval_dataset}|{_eval_split(config)}|{_max_eval_len(config)}|"
+            f"{config.source_language}-{config.target_language}")
+
+
+def _train_key(config, process_count: int) -> str:
+    return (f"{config.train_dataset}|{int(config.max_len)}|"
+            f"{config.source_language}-{config.target_language}|{int(process_count)}")
+
+
+def prepare_command(config, data_dir: str | None, process_count: int = 1) -> str:
+    """The command that prepares what ``config`` needs: config keys that change the prepared files
+    and differ from the benchmark's reference config are passed as ``--config.KEY=VALUE``."""
+    bench = str(config.get("benchmark_name", "transformer"))
+    extra = []
+    try:
+        import importlib
+        ref = importlib.import_module(f"mlperf_jax.configs.{bench}").get_config("reference")
+    except Exception:  # noqa: BLE001 - no reference to compare with: name every key
+        ref = None
+    for key in PREPARE_KEYS:
+        if key in config and (ref is None or key not in ref or ref[key] != config[key]):
+            extra.append(f" --config.{key}={config[key]}")
+    if process_count != 1:
+        extra.append(f" --process_count={process_count}")
+    return (f"python scripts/prepare_data.py --benchmark={bench} --data_dir={data_dir or 'DIR'}"
+            + "".join(extra))
+
+
+def _tfds_hint(config, data_dir: str | None) -> str:
+    d = data_dir or "DIR"
+    return (f"`tfds build {config.train_dataset} --data_dir={d}` and `tfds build "
+            f"{config.eval_dataset} --data_dir={d}`")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Once:
+    """A value computed on first use, once, under a lock (prefetch threads may ask together)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._fn, self._lock, self._done, self._value = fn, threading.Lock(), False, None
+
+    def __call__(self):
+        if not self._done:
+            with self._lock:
+                if not self._done:
+                    self._value = self._fn()
+                    self._done = True
+        return self._value
+
+
+# ------------------------------------------------------------------------------ vocabulary
 def train_vocab(data_dir: str, dataset: str, vocab_size: int, *, source_language: str = "en",
                 target_language: str = "de", max_sentences: int = 2_000_000,
                 model_type: str = "unigram", hard_vocab_limit: bool = True) -> str:
@@ -54,7 +162,7 @@ def train_vocab(data_dir: str, dataset: str, vocab_size: int, *, source_language
 
     path = vocab_path(data_dir, dataset, vocab_size)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ds = _load(dataset, "train", data_dir, benchmark="transformer")
+    ds = _load(dataset, "train", data_dir)
     text_path = path[: -len(".model")] + ".train.txt"
     n = 0
     with open(text_path, "w", encoding="utf-8") as f:
@@ -86,16 +194,15 @@ def load_vocab(path: str):
 
 
 # ------------------------------------------------------------------------------ tf.data
-def _load(name: str, split: str, data_dir: str | None, *, benchmark: str):
+def _load(name: str, split, data_dir: str | None):
     import tensorflow_datasets as tfds
     try:
         return tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=False)
     except (AssertionError, FileNotFoundError, ValueError) as e:
         where = data_dir or "the default TFDS data dir (~/tensorflow_datasets)"
         raise DatasetNotFoundError(
-            f"TFDS dataset {name} (split {split}) not found in {where}; "
-            + PREPARE_HINT.format(name=name, data_dir=data_dir or "DIR", benchmark=benchmark)
-        ) from e
+            f"TFDS dataset {name} (split {split}) not found in {where}; build it with "
+            f"`tfds build {name} --data_dir={data_dir or 'DIR'}`") from e
 
 
 def _tokenize_fn(sp, max_len: int | None, truncate: bool):
@@ -222,34 +329,40 @@ def _prefetch(it: Iterator, size: int = 4) -> Iterator:
         stop.set()
 
 
-# ------------------------------------------------------------------------------ data source
-@dataclasses.dataclass
-class WmtSource:
-    source: DataSource
-    references: list[str]
-    detokenize: Callable[[np.ndarray], str]
-
-
-def _host_split(split: str, process_index: int, process_count: int) -> str:
+# ------------------------------------------------------------------------------ preparation
+def _host_split(split: str, process_index: int, process_count: int):
     if process_count == 1:
         return split
     import tensorflow_datasets as tfds
     return tfds.even_splits(split, n=process_count, drop_remainder=True)[process_index]
 
 
-def _count_stats(config, data_dir, sp, process_index, process_count) -> dict:
-    """{'examples': n, 'rows': packed rows} for this host's shard, cached in the vocab dir."""
-    vpath = vocab_path(data_dir, config.train_dataset, int(config.vocab_size))
-    stats_path = vpath[: -len(".model")] + ".stats.json"
-    key = f"{config.train_dataset}|{int(config.max_len)}|{process_count}|{process_index}"
-    stats = {}
-    if os.path.exists(stats_path):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        if key in stats:
-            return stats[key]
-    ds = _load(config.train_dataset, _host_split("train", process_index, process_count), data_dir,
-               benchmark=config.get("benchmark_name", "transformer"))
+def _tokenize_eval(config, data_dir: str, sp) -> dict[str, np.ndarray]:
+    """The eval set in file order: inputs and targets int32[n, max_eval_len] (truncated, EOS
+    kept) and the raw references."""
+    ds = _load(config.eval_dataset, _eval_split(config), data_dir)
+    srcs, refs = [], []
+    for ex in ds.as_numpy_iterator():
+        srcs.append(ex[config.source_language])
+        refs.append(ex[config.target_language].decode("utf-8"))
+    length = _max_eval_len(config)
+    enc = _tokenize_fn(sp, length, truncate=True)
+    out = {"inputs": np.zeros((len(srcs), length), np.int32),
+           "targets": np.zeros((len(srcs), length), np.int32),
+           "references": np.asarray(refs, dtype=np.str_)}
+    if srcs:
+        for key, texts in (("inputs", srcs), ("targets", [r.encode() for r in refs])):
+            flat, lengths = enc(np.asarray(texts, dtype=object))
+            offs = np.concatenate([[0], np.cumsum(lengths)])
+            for i, n in enumerate(lengths):
+                out[key][i, :n] = flat[offs[i]:offs[i + 1]]
+    return out
+
+
+def _count_host(config, data_dir: str, sp, process_index: int, process_count: int
+                ) -> tuple[int, int]:
+    """(filtered examples, packed rows) of one host's shard, in file order."""
+    ds = _load(config.train_dataset, _host_split("train", process_index, process_count), data_dir)
     pairs = tokenized_pairs(ds, sp, config.source_language, config.target_language,
                             int(config.max_len))
     n = 0
@@ -261,35 +374,117 @@ def _count_stats(config, data_dir, sp, process_index, process_count) -> dict:
             yield ex
 
     rows = sum(1 for _ in pack_rows(counted(pairs.as_numpy_iterator()), int(config.max_len)))
-    stats[key] = {"examples": n, "rows": rows}
-    try:
-        tmp = stats_path + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=1)
-        os.replace(tmp, stats_path)
-    except OSError:
-        pass  # read-only data dir: recount next time
-    return stats[key]
+    return n, rows
 
 
+def _legacy_counts(data_dir: str, config, process_count: int) -> dict | None:
+    """Counts from the ``.stats.json`` earlier versions wrote (one key per host), if complete."""
+    old = _read_json(_prefix(data_dir, config) + ".stats.json") or {}
+    keys = [f"{config.train_dataset}|{int(config.max_len)}|{process_count}|{i}"
+            for i in range(process_count)]
+    if not all(k in old for k in keys):
+        return None
+    return {"examples": [int(old[k]["examples"]) for k in keys],
+            "rows": [int(old[k]["rows"]) for k in keys]}
+
+
+def prepare(config, data_dir: str | None, *, process_count: int = 1,
+            max_sentences: int = 2_000_000, force: bool = False) -> str:
+    """One-time, untimed preparation of what ``data_source(config, data_dir, ...)`` needs, for a
+    run on ``process_count`` hosts (module docstring). Keeps what exists unless ``force``.
+    Returns one line saying what it did."""
+    if not data_dir:
+        raise DatasetNotFoundError(f"WMT preparation needs --data_dir: the TFDS data dir holding "
+                                   f"{config.train_dataset} and {config.eval_dataset}")
+    if process_count < 1:
+        raise ValueError(f"process_count must be >= 1, got {process_count}")
+    vsize = int(config.vocab_size)
+    vpath = vocab_path(data_dir, config.train_dataset, vsize)
+    done = []
+    if force or not os.path.exists(vpath):
+        train_vocab(data_dir, config.train_dataset, vsize, source_language=config.source_language,
+                    target_language=config.target_language, max_sentences=max_sentences,
+                    model_type=config.get("vocab_model_type", "unigram"))
+        done.append("trained the vocabulary")
+    sp = load_vocab(vpath)
+    pieces = sp.get_piece_size()
+    if pieces > vsize:
+        raise ValueError(f"vocabulary {vpath} has {pieces} pieces, more than "
+                         f"config.vocab_size={vsize}")
+    digest = _sha256(vpath)
+    mpath = meta_path(data_dir, config)
+    meta = _read_json(mpath) or {}
+    if force or meta.get("version") != META_VERSION or meta.get("vocab_sha256") != digest:
+        meta = {"version": META_VERSION, "vocab": os.path.basename(vpath),
+                "vocab_bytes": os.path.getsize(vpath), "vocab_sha256": digest,
+                "vocab_pieces": pieces, "eval": {}, "train": {}}
+
+    ekey, epath = _eval_key(config), eval_path(data_dir, config)
+    if ekey not in meta["eval"] or not os.path.isfile(epath):
+        arrays = _tokenize_eval(config, data_dir, sp)
+        tmp = f"{epath}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, epath)
+        meta["eval"][ekey] = {"file": os.path.basename(epath),
+                              "num_examples": int(arrays["inputs"].shape[0])}
+        _write_json(mpath, meta)  # keep the eval set even if the count below is interrupted
+        done.append("tokenised the eval set")
+
+    tkey = _train_key(config, process_count)
+    if tkey not in meta["train"]:
+        counts = None if force else _legacy_counts(data_dir, config, process_count)
+        if counts is None:
+            per_host = [_count_host(config, data_dir, sp, i, process_count)
+                        for i in range(process_count)]
+            counts = {"examples": [e for e, _ in per_host], "rows": [r for _, r in per_host]}
+            done.append(f"counted the training data for {process_count} host(s)")
+        else:
+            done.append("took the training counts from the older .stats.json")
+        meta["train"][tkey] = counts
+    _write_json(mpath, meta)
+
+    counts = meta["train"][tkey]
+    return (f"{config.train_dataset} -> {config.eval_dataset}/{_eval_split(config)}: "
+            f"{'; '.join(done) or 'already prepared'}; sentencepiece {pieces} pieces, "
+            f"{meta['eval'][ekey]['num_examples']} eval sentences, {sum(counts['examples'])} "
+            f"training pairs of <= {int(config.max_len)} tokens ({sum(counts['rows'])} packed "
+            f"rows) over {process_count} host(s); metadata {mpath}")
+
+
+# ------------------------------------------------------------------------------ data source
 def data_source(config, data_dir: str | None, *, seed: int, process_index: int,
-                process_count: int) -> WmtSource:
+                process_count: int) -> DataSource:
+    """This host's WMT data, from what ``prepare`` wrote. Reads only the metadata JSON: the
+    vocabulary, the eval arrays and the training text are read inside the clock, on first use."""
     import tensorflow as tf
 
-    bench = config.get("benchmark_name", "transformer")
+    cmd = prepare_command(config, data_dir, process_count)
     if not data_dir:
         raise DatasetNotFoundError(
-            f"no --data_dir given for {config.train_dataset}; "
-            + PREPARE_HINT.format(name=config.train_dataset, data_dir="DIR", benchmark=bench))
+            f"no --data_dir given for {config.train_dataset}: pass the TFDS data dir where "
+            f"{_tfds_hint(config, None)} were run and then `{cmd}`")
+    mpath = meta_path(data_dir, config)
     vpath = vocab_path(data_dir, config.train_dataset, int(config.vocab_size))
-    if not os.path.exists(vpath):
+    meta = _read_json(mpath)
+    if meta is None or meta.get("version") != META_VERSION:
         raise DatasetNotFoundError(
-            f"sentencepiece vocabulary not found at {vpath}; run `python "
-            f"scripts/prepare_wmt_vocab.py --benchmark={bench} --data_dir={data_dir}` "
-            f"(after preparing TFDS {config.train_dataset} in {data_dir})")
-    sp = load_vocab(vpath)
-    if sp.get_piece_size() > int(config.vocab_size):
-        raise ValueError(f"vocabulary {vpath} has {sp.get_piece_size()} pieces, more than "
+            f"WMT preparation not found ({mpath} is missing or out of date): run `{cmd}` once, "
+            f"untimed (after {_tfds_hint(config, data_dir)})")
+    if not os.path.isfile(vpath) or os.path.getsize(vpath) != meta["vocab_bytes"]:
+        raise DatasetNotFoundError(
+            f"vocabulary {vpath} is missing or not the one {mpath} was prepared with: run `{cmd}`")
+    ekey, epath = _eval_key(config), eval_path(data_dir, config)
+    if ekey not in meta["eval"] or not os.path.isfile(epath):
+        raise DatasetNotFoundError(f"tokenised eval set {epath} not prepared: run `{cmd}`")
+    counts = meta["train"].get(_train_key(config, process_count))
+    if counts is None:
+        raise DatasetNotFoundError(
+            f"{mpath} has no training counts for {config.train_dataset} with max_len "
+            f"{int(config.max_len)} on {process_count} host(s): run `{cmd}`")
+    pieces = int(meta["vocab_pieces"])
+    if pieces > int(config.vocab_size):
+        raise ValueError(f"vocabulary {vpath} has {pieces} pieces, more than "
                          f"config.vocab_size={config.vocab_size}")
 
     gb, eb = int(config.global_batch_size), int(config.eval_batch_size)
@@ -297,56 +492,62 @@ def data_source(config, data_dir: str | None, *, seed: int, process_index: int,
         raise ValueError(f"batch sizes {gb}/{eb} are not divisible by {process_count} hosts")
     per_host, eval_per_host = gb // process_count, eb // process_count
     max_len, pack = int(config.max_len), bool(config.pack)
+    max_eval_len = _max_eval_len(config)
+    if pack:
+        steps = min(int(r * PACK_EPOCH_FRACTION) for r in counts["rows"]) // per_host
+    else:
+        steps = min(int(e) for e in counts["examples"]) // per_host
+    if steps <= 0:
+        raise DatasetNotFoundError(
+            f"{config.train_dataset} in {data_dir} has too little training data after filtering "
+            f"to {max_len} tokens ({counts}) for one batch of {per_host} rows per host")
+    n_eval = int(meta["eval"][ekey]["num_examples"])
 
-    # ---- eval set: tokenised once, in file order
-    eval_ds = _load(config.eval_dataset, config.get("eval_split", "test"), data_dir, benchmark=bench)
-    srcs, refs = [], []
-    for ex in eval_ds.as_numpy_iterator():
-        srcs.append(ex[config.source_language])
-        refs.append(ex[config.target_language].decode("utf-8"))
-    max_eval_len = int(config.get("max_eval_len", max_len))
-    enc = _tokenize_fn(sp, max_eval_len, truncate=True)
-    eval_inputs = np.zeros((len(srcs), max_eval_len), np.int32)
-    eval_targets = np.zeros((len(srcs), max_eval_len), np.int32)
-    if srcs:
-        flat, lengths = enc(np.asarray(srcs, dtype=object))
-        tflat, tlengths = enc(np.asarray([r.encode() for r in refs], dtype=object))
-        for arr, fl, ln in ((eval_inputs, flat, lengths), (eval_targets, tflat, tlengths)):
-            offs = np.concatenate([[0], np.cumsum(ln)])
-            for i in range(len(ln)):
-                arr[i, : ln[i]] = fl[offs[i]:offs[i + 1]]
-    n_eval = len(srcs)
+    # ---- read inside the clock, on first use
+    vocab = _Once(lambda: load_vocab(vpath))
 
-    def eval_batches():
+    def _eval_arrays():
+        with np.load(epath) as z:
+            arrays = {k: z[k] for k in ("inputs", "targets", "references")}
+        if arrays["inputs"].shape != (n_eval, max_eval_len):
+            raise ValueError(f"{epath} holds {arrays['inputs'].shape} eval rows, {mpath} says "
+                             f"({n_eval}, {max_eval_len}): run `{cmd} --force`")
+        return arrays
+    eval_arrays = _Once(_eval_arrays)
+
+    def eval_batches() -> Iterator[dict]:
+        a = eval_arrays()
         sl = slice(process_index * eval_per_host, (process_index + 1) * eval_per_host)
         for start in range(0, n_eval, eb):
             idx = np.arange(start, start + eb)
             mask = idx < n_eval
             idx = np.where(mask, idx, 0)
-            yield {"inputs": eval_inputs[idx][sl], "targets": eval_targets[idx][sl],
+            yield {"inputs": a["inputs"][idx][sl], "targets": a["targets"][idx][sl],
                    "mask": mask[sl].astype(np.int32), "index": idx[sl].astype(np.int32)}
 
-    # ---- training
-    stats = _count_stats(config, data_dir, sp, process_index, process_count)
-    if pack:
-        steps = int(stats["rows"] * PACK_EPOCH_FRACTION) // per_host
-    else:
-        steps = int(stats["examples"]) // per_host
-    if steps <= 0:
-        raise DatasetNotFoundError(
-            f"{config.train_dataset} in {data_dir} has too little training data after filtering "
-            f"to {max_len} tokens ({stats}) for one batch of {per_host} rows per host")
+    def detokenize(ids) -> str:
+        ids = [int(i) for i in ids]
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID)]
+        return vocab().decode([i for i in ids if i > EOS_ID])
+
+    def eval_context() -> dict:
+        """What BLEU needs: the raw references (dataset order) and the detokeniser."""
+        return {"references": [str(r) for r in eval_arrays()["references"]],
+                "detokenize": detokenize}
+
     shuffle_buffer = int(config.get("shuffle_buffer", 1 << 16))
     host_split = _host_split("train", process_index, process_count)
 
-    def train_epoch(epoch: int, skip_steps: int = 0, params: Any = None):
-        ds = _load(config.train_dataset, host_split, data_dir, benchmark=bench)
+    def train_epoch(epoch: int, skip_steps: int = 0) -> Iterator[dict]:
+        ds = _load(config.train_dataset, host_split, data_dir)
         opts = tf.data.Options()
         opts.deterministic = True
         ds = ds.with_options(opts)
         ds = ds.shuffle(shuffle_buffer, seed=int(seed) * 100003 + int(epoch),
                         reshuffle_each_iteration=False)
-        pairs = tokenized_pairs(ds, sp, config.source_language, config.target_language, max_len)
+        pairs = tokenized_pairs(ds, vocab(), config.source_language, config.target_language,
+                                max_len)
         pairs = pairs.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
         rows = pack_rows(pairs, max_len) if pack else pad_rows(pairs, max_len)
 
@@ -358,29 +559,18 @@ def data_source(config, data_dir: str | None, *, seed: int, process_index: int,
                     yield batch
         return _prefetch(gen())
 
-    def spec(shape_per_host, keys):
-        import jax
-        return {k: jax.ShapeDtypeStruct((shape_per_host[0] * process_count,) + shape_per_host[1:],
-                                        np.int32) for k in keys}
-
     train_keys = (("inputs", "targets", "inputs_segmentation", "targets_segmentation",
                    "inputs_position", "targets_position") if pack else ("inputs", "targets"))
-    src = DataSource(
+    i32 = np.dtype(np.int32)
+    return DataSource(
         num_train_samples=steps * gb, num_eval_samples=n_eval, steps_per_epoch=steps,
         train_epoch=train_epoch, eval_batches=eval_batches,
-        description=(f"{config.train_dataset} -> {config.eval_dataset}/"
-                     f"{config.get('eval_split', 'test')}, sentencepiece {sp.get_piece_size()}, "
-                     f"{'packed' if pack else 'padded'} rows of {max_len}"))
-    # shapes for ahead-of-time compilation without touching the data before run_start
-    src.train_spec = spec((per_host, max_len), train_keys)
-    src.eval_spec = dict(spec((eval_per_host, max_eval_len), ("inputs", "targets", "mask", "index")))
-    src.eval_spec["mask"] = type(src.eval_spec["mask"])((eb,), np.int32)
-    src.eval_spec["index"] = type(src.eval_spec["index"])((eb,), np.int32)
-
-    def detokenize(ids) -> str:
-        ids = [int(i) for i in ids]
-        if EOS_ID in ids:
-            ids = ids[: ids.index(EOS_ID)]
-        return sp.decode([i for i in ids if i > EOS_ID])
-
-    return WmtSource(source=src, references=refs, detokenize=detokenize)
+        # global shapes: the driver compiles ahead of time without touching the data
+        train_spec=global_spec({k: ((per_host, max_len), i32) for k in train_keys}, process_count),
+        eval_spec=global_spec({"inputs": ((eval_per_host, max_eval_len), i32),
+                               "targets": ((eval_per_host, max_eval_len), i32),
+                               "mask": ((eval_per_host,), i32), "index": ((eval_per_host,), i32)},
+                              process_count),
+        description=(f"{config.train_dataset} -> {config.eval_dataset}/{_eval_split(config)}, "
+                     f"sentencepiece {pieces}, {'packed' if pack else 'padded'} rows of {max_len}"),
+        eval_context=eval_context)

@@ -4,8 +4,10 @@
         [--user_conf=user.conf] [--data_dir=DIR] [--checkpoint_dir=WORKDIR] [--outdir=DIR]
 
 Without --data_dir a synthetic QSL (random 224x224 images) is used, and said; without
---checkpoint_dir the weights are random, and said.  Every user error is one line on stderr
-and exit status 2.
+--checkpoint_dir the weights are random, and said.  Images are preprocessed by the benchmark's
+convention in ``input_pipelines/preprocessing.py`` (resnet50: area resize, mean subtraction;
+mobilenet: bilinear resize, [-1, 1]), the same functions training's evaluation uses.  Every
+user error is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def load_variables(model, checkpoint_dir: str | None, image_size: int):
         jax.random.key(0)), "random init")
 
 
-def make_qsl(data_dir: str | None, image_size: int, count: int | None):
+def make_qsl(data_dir: str | None, image_size: int, count: int | None, benchmark: str):
     from mlperf_jax.inference import ImageNetQSL, SyntheticImageQSL, find_imagenet_val
     if data_dir:
         val = find_imagenet_val(data_dir)
@@ -82,7 +84,8 @@ def make_qsl(data_dir: str | None, image_size: int, count: int | None):
             raise UserError(f"--data_dir: no ImageNet validation set under {os.path.abspath(data_dir)} "
                             "(looked for val_map.txt in ., val/, imagenet/val/); prepare it as the MLPerf "
                             "reference does: the 50,000 validation JPEGs plus val_map.txt ('file label' lines)")
-        return ImageNetQSL(val, image_size=image_size, count=count), f"ImageNet {val}"
+        return (ImageNetQSL(val, preprocessing=benchmark, image_size=image_size, count=count),
+                f"ImageNet {val}")
     _say(f"WARNING: no --data_dir: using a SYNTHETIC QSL of random {image_size}x{image_size} images; "
          "accuracy results are meaningless.")
     return SyntheticImageQSL(image_size=image_size, total=count or 50_000), "synthetic"
@@ -135,7 +138,7 @@ def run(argv_unused=None) -> int:
     if overridden:
         _say(f"note: {', '.join(overridden)} overridden on the command line; not a valid submission setting.")
 
-    qsl, qsl_desc = make_qsl(FLAGS.data_dir, FLAGS.image_size, FLAGS.total_sample_count)
+    qsl, qsl_desc = make_qsl(FLAGS.data_dir, FLAGS.image_size, FLAGS.total_sample_count, bench)
     model = build_model(bench, FLAGS.dtype, FLAGS.width_multiplier)
     variables, var_desc = load_variables(model, FLAGS.checkpoint_dir, FLAGS.image_size)
 
@@ -149,8 +152,9 @@ def run(argv_unused=None) -> int:
     print(f"infer: {bench} {scenario} {FLAGS.mode}; QSL: {qsl_desc}; weights: {var_desc}; "
           f"{len(jax.local_devices())} {jax.default_backend()} device(s)", flush=True)
     t0 = time.perf_counter()
-    sut = ClassifierSUT(model.apply, variables, qsl, image_size=FLAGS.image_size, batch_sizes=batch_sizes,
-                        batch_timeout_ms=timeout, name=f"mlperf_jax-{bench}-{jax.default_backend()}")
+    sut = ClassifierSUT(model.apply, variables, qsl, preprocessing=bench, image_size=FLAGS.image_size,
+                        batch_sizes=batch_sizes, batch_timeout_ms=timeout,
+                        name=f"mlperf_jax-{bench}-{jax.default_backend()}")
     print(f"infer: compiled batch sizes {sut.batch_sizes} in {time.perf_counter() - t0:.1f} s "
           "(before the test; not timed)", flush=True)
     try:

@@ -10,7 +10,9 @@ from typing import Sequence
 @dataclasses.dataclass
 class RunResult:
     """One timed run. ``time_to_train_s`` is run_start..run_stop, compile excluded (it is in
-    init); ``None`` metric means no eval happened."""
+    init); for a resumed run the time before the interruption plus the time after it.
+    ``metric`` is the target's primary metric at the last eval (``None``: no eval happened),
+    ``metrics`` all of them."""
 
     run: int
     seed: int
@@ -25,6 +27,8 @@ class RunResult:
     init_time_s: float
     log_path: str | None = None
     reason: str = ""
+    metrics: dict = dataclasses.field(default_factory=dict)
+    resumed: int = 0  # how many times this run was resumed from a checkpoint
 
     @property
     def converged(self) -> bool:
@@ -84,10 +88,11 @@ def first_converged_score(results: Sequence[RunResult], k: int, *, drop: int = 1
 
 
 def format_table(benchmark: str, config_name: str, results: Sequence[RunResult], score: Score,
-                 target: float, metric: str, synthetic: bool) -> str:
-    """The time-to-train table printed at the end of a training command."""
+                 target: str, metric: str, synthetic: bool, round: str = "") -> str:
+    """The time-to-train table printed at the end of a training command (``target`` as text,
+    e.g. ``top1 >= 0.759``)."""
     lines = []
-    title = f"Time to train: {benchmark} ({config_name} config)"
+    title = f"Time to train: {benchmark} ({config_name} config{', ' + round if round else ''})"
     if synthetic:
         title += " -- TINY TRACK on synthetic data: not an MLPerf result"
     lines.append(title)
@@ -99,11 +104,16 @@ def format_table(benchmark: str, config_name: str, results: Sequence[RunResult],
         m = "-" if r.metric is None else f"{r.metric:.4f}"
         tp = f"{r.throughput:,.1f} {r.throughput_unit}/s"
         mark = "" if r.run in score.used_runs else " (dropped)"
+        if r.resumed:
+            mark += f" (resumed{'' if r.resumed == 1 else ' x' + str(r.resumed)})"
         lines.append(f"{r.run:>3} {r.seed:>11} {r.status:>8} {r.time_to_train_s:>9.2f} "
                      f"{r.epochs:>7.2f} {m:>14} {tp:>18} {r.compile_time_s:>11.2f}{mark}")
     lines.append("-" * len(hdr))
     conv = sum(r.converged for r in results)
-    lines.append(f"target: {metric} >= {target}   converged runs: {conv}/{len(results)}")
+    lines.append(f"target: {target}   converged runs: {conv}/{len(results)}")
+    if any(r.resumed for r in results):
+        lines.append("resumed runs: time to train is the time before the interruption plus the "
+                     "time after it")
     if score.value is not None:
         lines.append(f"olympic mean time to train: {score.value:.3f} min "
                      f"({score.value * 60:.2f} s) over runs {sorted(score.used_runs)}"
@@ -121,14 +131,17 @@ def format_table(benchmark: str, config_name: str, results: Sequence[RunResult],
 
 
 def write_json(path: str, *, benchmark: str, config_name: str, division: str, synthetic: bool,
-               target: float, metric: str, results: Sequence[RunResult], score: Score) -> None:
+               target: dict[str, float], metric: str, results: Sequence[RunResult], score: Score,
+               round: str = "") -> None:
     payload = {
         "benchmark": benchmark,
         "config": config_name,
         "division": division,
+        "round": round,
         "tiny_track": synthetic,
         "note": "tiny track on synthetic data: not an MLPerf result" if synthetic else "",
-        "target": {"metric": metric, "value": target},
+        "target": {"metric": metric, "thresholds": dict(target)},
+        "resumed_runs": [r.run for r in results if r.resumed],
         "runs": [dataclasses.asdict(r) for r in results],
         "score_minutes": score.value,
         "score_valid": score.valid,

@@ -1,5 +1,5 @@
 """Small configs for fast tests."""
-from mlperf_jax.benchmarks import resnet50
+from mlperf_jax.configs import resnet50
 
 
 def tiny_resnet_config(**overrides):

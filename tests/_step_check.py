@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _helpers import tiny_resnet_config  # noqa: E402
 
 from mlperf_jax import sharding as S  # noqa: E402
-from mlperf_jax import train as T  # noqa: E402
+from mlperf_jax.driver import compile as C, loop as L  # noqa: E402
 from mlperf_jax.benchmarks import resnet50  # noqa: E402
 
 STEPS = 2
@@ -26,7 +26,7 @@ def run_steps(mesh, fsdp, process_index=0, process_count=1):
     bench = resnet50.BENCHMARK
     data = bench.data_source(config, None, seed=0, process_index=process_index,
                              process_count=process_count)
-    c = T.compile_benchmark(bench, config, mesh, data.steps_per_epoch, data.train_spec,
+    c = C.compile_benchmark(bench, config, mesh, data.steps_per_epoch, data.train_spec,
                             data.eval_spec, fsdp=fsdp)
     rng = jax.random.key(0)
     state = c.init(jax.random.fold_in(rng, 1))
@@ -35,7 +35,7 @@ def run_steps(mesh, fsdp, process_index=0, process_count=1):
     for _ in range(STEPS):
         state, m = c.train_step(state, S.host_batch_to_global(next(it), mesh), rng)
         losses.append(float(m["loss"]))
-    params = T._to_host(state.params)
+    params = L.to_host(state.params)
     sharded = [str(x.sharding.spec) for x in jax.tree.leaves(state.params)]
     return losses, params, sharded
 

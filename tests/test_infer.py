@@ -58,14 +58,15 @@ def _settings(scenario, mode=lg.TestMode.PerformanceOnly, **kw):
 def test_accuracy_log_matches_direct_predictions(tmp_path, tiny):
     model, variables = tiny
     qsl = SyntheticImageQSL(image_size=SIZE, total=40, performance_sample_count=16, num_classes=10)
-    with ClassifierSUT(model.apply, variables, qsl, image_size=SIZE, batch_sizes=(1, 8)) as sut:
+    with ClassifierSUT(model.apply, variables, qsl, preprocessing="resnet50", image_size=SIZE,
+                       batch_sizes=(1, 8)) as sut:
         r = lg.start_test(sut, qsl, _settings(lg.TestScenario.Offline, lg.TestMode.AccuracyOnly), outdir=tmp_path)
     assert r.accuracy_samples_logged == 40
     entries = json.loads((tmp_path / "mlperf_log_accuracy.json").read_text())
     assert sorted(e["qsl_idx"] for e in entries) == list(range(40))
     qsl.load_samples_to_ram(range(40))
-    x = (qsl.get(range(40)).astype(np.float32) - np.array([123.68, 116.78, 103.94], np.float32)) / np.array(
-        [58.393, 57.12, 57.375], np.float32)
+    # pre_process_vgg of the MLPerf reference (vision/classification_and_detection/python/dataset.py)
+    x = qsl.get(range(40)).astype(np.float32) - np.array([123.68, 116.78, 103.94], np.float32)
     want = np.argmax(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x), -1)
     got = {e["qsl_idx"]: int(np.frombuffer(bytes.fromhex(e["data"]), np.int32)[0]) for e in entries}
     assert [got[i] for i in range(40)] == want.tolist()
@@ -76,8 +77,8 @@ def test_accuracy_log_matches_direct_predictions(tmp_path, tiny):
 def test_offline_and_server_performance(tmp_path, tiny):
     model, variables = tiny
     qsl = SyntheticImageQSL(image_size=SIZE, total=64, performance_sample_count=32, num_classes=10)
-    with ClassifierSUT(model.apply, variables, qsl, image_size=SIZE, batch_sizes=(1, 4, 16),
-                       batch_timeout_ms=5) as sut:
+    with ClassifierSUT(model.apply, variables, qsl, preprocessing="mobilenet", image_size=SIZE,
+                       batch_sizes=(1, 4, 16), batch_timeout_ms=5) as sut:
         off = lg.start_test(sut, qsl, _settings(lg.TestScenario.Offline), outdir=tmp_path / "off")
         assert sut.batches_run[16] > 0  # Offline fills the largest batch
         srv = lg.start_test(sut, qsl, _settings(lg.TestScenario.Server), outdir=tmp_path / "srv")
@@ -101,7 +102,7 @@ class TinyNet(nn.Module):
 m = TinyNet()
 v = jax.jit(lambda k: m.init(k, jnp.zeros((1, {SIZE}, {SIZE}, 3)), train=False))(jax.random.key(0))
 qsl = SyntheticImageQSL(image_size={SIZE}, total=20, performance_sample_count=8, num_classes=10)
-with ClassifierSUT(m.apply, v, qsl, image_size={SIZE}, batch_sizes=(1, 3)) as sut:
+with ClassifierSUT(m.apply, v, qsl, preprocessing="resnet50", image_size={SIZE}, batch_sizes=(1, 3)) as sut:
     assert sut.batch_sizes == [2, 4], sut.batch_sizes  # rounded up to multiples of the device count
     r = lg.start_test(sut, qsl, lg.TestSettings(scenario=lg.TestScenario.Offline, mode=lg.TestMode.AccuracyOnly),
                       outdir={str(tmp_path)!r})
@@ -150,6 +151,26 @@ def test_cli_offline_run_tiny(tmp_path):
     assert "SYNTHETIC" in p.stderr and "RANDOM weights" in p.stderr
     text = (tmp_path / "mlperf_log_summary.txt").read_text()
     assert "Scenario : Offline" in text and "Samples per second:" in text
+
+
+@pytest.mark.parametrize("bench", ["mobilenet", "resnet50"])
+def test_cli_gives_qsl_and_sut_the_benchmarks_preprocessing(tmp_path, bench):
+    (tmp_path / "val_map.txt").write_text("img0.JPEG 3\n")  # the QSL reads images only when loading
+    spy = f"""
+import sys
+from mlperf_jax import inference, infer
+class Spy(inference.ClassifierSUT):
+    def __init__(self, apply_fn, variables, qsl, **kw):
+        print("preprocessing: qsl", qsl.preprocessing, "sut", kw["preprocessing"], flush=True)
+        sys.exit(0)  # before compiling: the names are all this test wants
+inference.ClassifierSUT = Spy
+sys.argv = ["infer", "--benchmark={bench}", "--data_dir={tmp_path}", "--image_size={SIZE}",
+            "--width_multiplier=0.25", "--outdir={tmp_path}"]
+infer.run_main()
+"""
+    p = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert p.returncode == 0 and f"preprocessing: qsl {bench} sut {bench}" in p.stdout, p.stderr[-2000:]
 
 
 def test_accuracy_script(tmp_path):

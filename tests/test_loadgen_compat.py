@@ -7,12 +7,11 @@ import os
 import threading
 import time
 
+import mlperf_loadgen  # the official LoadGen: a test dependency (the `test` extra)
 import numpy as np
 import pytest
 
 from mlperf_jax.loadgen import compat
-
-mlperf_loadgen = pytest.importorskip("mlperf_loadgen")
 
 
 def demo_offline(mlperf_loadgen, slice_s=0.1):

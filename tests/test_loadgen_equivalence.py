@@ -13,12 +13,11 @@ import re
 import threading
 import time
 
+import mlperf_loadgen as lg  # the official LoadGen: a test dependency (the `test` extra)
 import numpy as np
 import pytest
 
 from mlperf_jax.loadgen import compat as ours
-
-lg = pytest.importorskip("mlperf_loadgen")
 
 
 class TimerSUT:

@@ -2,6 +2,7 @@
 
 import json
 
+import mlperf_loadgen as lg  # the official LoadGen: a test dependency (the `test` extra)
 import numpy as np
 import pytest
 
@@ -9,8 +10,6 @@ from mlperf_jax import loadgen as ours
 from mlperf_jax.loadgen import compat as _compat  # noqa: F401  (makes ours.compat available)
 from mlperf_jax.loadgen import _rng
 from mlperf_jax.loadgen.early_stopping import MinPassingQueriesFinder, odds
-
-lg = pytest.importorskip("mlperf_loadgen")
 
 
 def _record(mod, scenario, mode, outdir, total=50, perf=20, **kw):
@@ -68,9 +67,24 @@ def test_issue_unique_and_concatenate_permutation(tmp_path):
         assert i1 == i2, kw
 
 
+def _reference_mt19937(seed, n):
+    """``n`` outputs of MT19937 seeded by Matsumoto-Nishimura's ``init_genrand`` (what
+    ``std::mt19937(seed)`` does with ``seed mod 2**32``), from numpy's legacy ``RandomState``."""
+    _, key, pos, *_ = np.random.RandomState(seed & 0xFFFFFFFF).get_state()
+    bg = np.random.MT19937()
+    bg.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": pos}}
+    return bg.random_raw(n).tolist()
+
+
 def test_mt19937_and_distributions():
     r = _rng.MT19937(5489)
-    assert r.next() == 3499211612  # the C++ standard's check value (10000th after default seed is different)
+    assert r.next() == 3499211612  # the first output of a default-seeded std::mt19937
+    for _ in range(9998):
+        r.next()
+    assert r.next() == 4123659995  # the C++ standard's check value: the 10000th output [rand.predef]
+    for seed in (0, 3, 1780908523862526354, 18209322760996052031):  # incl. the 64-bit LoadGen seeds
+        r = _rng.MT19937(seed)
+        assert [r.next() for _ in range(700)] == _reference_mt19937(seed, 700), seed  # > 624: a twist
     r = _rng.MT19937(0)
     seq = list(range(20))
     r.shuffle(seq)
@@ -91,4 +105,5 @@ def test_early_stopping_counts():
         h = MinPassingQueriesFinder()(t, 0.99, 0.0, 0.99)
         assert stats.binom.cdf(t, h + t, 0.01) < 0.01 <= stats.binom.cdf(t, h - 1 + t, 0.01)
         assert odds(h, t, 0.99, 0.0) == pytest.approx(stats.binom.cdf(t, h + t, 0.01), rel=1e-9)
-    assert np.isfinite(odds(10, 2, 0.9, 0.0))
+    assert odds(10, 2, 0.9, 0.0) == pytest.approx(stats.binom.cdf(2, 12, 0.1), rel=1e-9)  # p = 0.9
+    assert odds(10, 2, 0.9, 0.05) == pytest.approx(stats.binom.cdf(2, 12, 0.15), rel=1e-9)  # p - d

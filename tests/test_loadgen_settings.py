@@ -1,10 +1,9 @@
 """TestSettings defaults and mlperf.conf/user.conf parsing, checked against mlperf_loadgen."""
 
+import mlperf_loadgen as lg  # the official LoadGen: a test dependency (the `test` extra)
 import pytest
 
 from mlperf_jax.loadgen import ConfigError, TestMode, TestScenario, TestSettings
-
-lg = pytest.importorskip("mlperf_loadgen")
 
 FIELDS = [f for f in vars(TestSettings()) if hasattr(lg.TestSettings(), f)]
 

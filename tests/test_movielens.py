@@ -1,4 +1,5 @@
-"""MovieLens pipeline for NCF: leave-one-out, samplers, batching, TFDS under mock data, caching."""
+"""MovieLens pipeline for NCF: leave-one-out, samplers, batching, TFDS under mock data, the
+one-time preparation and a data source that reads no data before the clock."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError
 from mlperf_jax.input_pipelines import movielens as ml
 from mlperf_jax.input_pipelines import synthetic_movielens as sm
 
@@ -204,10 +205,14 @@ def test_tfds_mock_pipeline_and_cache(tmp_path):
     assert p.num_users == 30 and p.num_train_positives == 30 * 24
     cached = [f for f in os.listdir(os.path.join(data_dir, "cache")) if f.endswith(".npz")]
     assert len(cached) == 1
+    sidecar = os.path.join(data_dir, "cache", cached[0][: -len(".npz")] + ".json")
+    assert os.path.isfile(sidecar)
+    os.remove(sidecar)  # a cache from before the sidecar existed gets one from the next prepare
     # the second run reads the cache: no TFDS (not mocked now, so it would fail) is touched
     p2 = ml.prepare(data_dir, cache_dir=os.path.join(data_dir, "cache"), num_eval_negatives=99)
     for f in ("train_users", "train_items", "test_items", "eval_negatives"):
         np.testing.assert_array_equal(getattr(p, f), getattr(p2, f))
+    assert os.path.isfile(sidecar)
     # another eval-negative count is another cache entry, so it needs the data again
     with pytest.raises(DatasetNotFoundError):
         ml.prepare(data_dir, cache_dir=os.path.join(data_dir, "cache"), num_eval_negatives=98)
@@ -239,3 +244,87 @@ def test_missing_dataset_message(tmp_path):
     assert str(tmp_path) in msg and "ratings.csv" in msg and "download_and_prepare" in msg
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
         ml.prepare(str(tmp_path / "nope"))
+
+
+# ------------------------------------------------------------ prepared once, read inside the clock
+def _write_ratings_csv(root, n_users=30, per_user=25, n_items=400):
+    rng = np.random.default_rng(0)
+    d = root / "ml-20m"
+    d.mkdir()
+    rows = ["userId,movieId,rating,timestamp"]
+    for u in range(1, n_users + 1):
+        for i in rng.choice(np.arange(1, n_items), per_user, replace=False):
+            rows.append(f"{u},{i},3.5,{rng.integers(10 ** 9)}")
+    (d / "ratings.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_data_source_reads_only_the_sidecar(tmp_path, monkeypatch):
+    import threading
+
+    import tensorflow_datasets as tfds
+
+    _write_ratings_csv(tmp_path)
+    p = ml.prepare(str(tmp_path), num_eval_negatives=99)  # default cache: DATA_DIR/ncf_cache
+    files = os.listdir(tmp_path / "ncf_cache")
+    assert sorted(f.rsplit(".", 1)[1] for f in files) == ["json", "npz"]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data read while constructing the data source")
+
+    with monkeypatch.context() as m:
+        for mod, name in ((np, "load"), (ml.Prepared, "load"), (ml, "load_raw_ratings"),
+                          (tfds, "load")):
+            m.setattr(mod, name, forbidden)
+        meta = ml.load_meta(str(tmp_path), num_eval_negatives=99)
+        src = ml.data_source(meta, global_batch_size=64, eval_batch_size=16, num_negatives=4,
+                             seed=1)
+    assert (meta.num_users, meta.num_items, meta.num_train_positives) == (
+        30, p.num_items, 30 * 24)
+    assert src.num_train_samples == 30 * 24 * 5 and src.num_eval_samples == 30
+    assert src.steps_per_epoch == -(-30 * 24 * 5 // 64) and not src.synthetic
+    assert {k: s.shape for k, s in src.train_spec.items()} == {
+        "user": (64,), "item": (64,), "label": (64,), "weight": (64,)}
+    assert {k: s.shape for k, s in src.eval_spec.items()} == {
+        "user": (16,), "items": (16, 100), "mask": (16,)}
+
+    # inside the clock: the arrays are loaded once, however many threads ask at the same time
+    loads = []
+    real_load = ml.Prepared.load
+    monkeypatch.setattr(ml.Prepared, "load", classmethod(
+        lambda cls, path: loads.append(path) or real_load.__func__(cls, path)))
+    threads = [threading.Thread(target=meta.get) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1
+    evals = list(src.eval_batches())
+    assert sum(e["mask"].sum() for e in evals) == 30
+    np.testing.assert_array_equal(np.concatenate([e["items"] for e in evals])[:30, 0], p.test_items)
+    batches = list(src.train_epoch(1, 0))
+    assert len(batches) == src.steps_per_epoch
+    assert sum(b["label"].sum() for b in batches) == 30 * 24
+    assert {k: v.shape for k, v in batches[0].items()} == {k: s.shape
+                                                           for k, s in src.train_spec.items()}
+    assert len(loads) == 1
+
+
+def test_synthetic_goes_through_the_same_builder(small):
+    src = ml.data_source(small, global_batch_size=64, eval_batch_size=50, num_negatives=4,
+                         seed=0, synthetic=True)
+    assert src.synthetic and src.description.startswith("synthetic")
+    assert src.num_eval_samples == small.num_users
+    assert src.eval_spec["items"].shape == (50, 100)
+    b = next(iter(src.train_epoch(1, 0)))
+    assert b["user"].shape == (64,)
+
+
+def test_missing_preparation_names_the_command(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as e:
+        ml.load_meta(str(tmp_path), num_eval_negatives=99)
+    msg = str(e.value)
+    assert "\n" not in msg and "ncf_cache" in msg
+    assert (f"`python scripts/prepare_data.py --benchmark=ncf --data_dir={tmp_path} "
+            "--config.num_eval_negatives=99`") in msg
+    with pytest.raises(DatasetNotFoundError, match="--data_dir"):
+        ml.load_meta(None)

@@ -50,6 +50,21 @@ def test_hit_rate_and_ndcg_match_brute_force(levels):
     assert hr == pytest.approx(hits / mask.sum())
 
 
+def test_hit_rate_and_ndcg_on_hand_made_scores():
+    """Five users, the positive in column 0 among 99 negatives; the ranks are set by hand."""
+    scores = np.zeros((5, 100), np.float32)
+    scores[0, 0] = 5.0                             # above every negative: rank 0, hit
+    scores[1, 0], scores[1, 1:10] = 1.0, 2.0       # 9 negatives above: rank 9, hit
+    scores[2, 0], scores[2, 1:11] = 1.0, 2.0       # 10 negatives above: rank 10, miss
+    scores[3, 0], scores[3, 1:10], scores[3, 50] = 1.0, 2.0, 1.0  # 9 above + 1 tie: tie loses, miss
+    scores[4, 0] = 5.0                             # a hit, but a padded row (mask 0)
+    mask = np.array([1, 1, 1, 1, 0], np.float32)
+    out = jax.device_get(ncf.ranking_sums(jnp.asarray(scores), jnp.asarray(mask), 10))
+    assert float(out["hits"]) == 2.0 and float(out["count"]) == 4.0
+    np.testing.assert_allclose(float(out["ndcg"]), 1.0 + np.log(2) / np.log(11), rtol=1e-6)
+    assert ncf.BENCHMARK.eval_metric(ncf.get_config("tiny"), [out]) == 0.5
+
+
 def test_neumf_shapes_init_and_ranking_mode():
     z = jnp.zeros((1,), jnp.int32)
     ref = ncf_model.NeuMF(num_users=100, num_items=300, mf_dim=64,
@@ -140,9 +155,15 @@ def test_one_train_step_and_eval_on_tiny():
         losses.append(float(loss))
     assert losses[-1] < losses[0]
     ev = jax.jit(lambda p, e: b.eval_step(c, p, state, e))
-    outs = [jax.device_get(ev(params, e)) for e in data.eval_batches()]
-    assert sum(float(o["count"]) for o in outs) == data.num_eval_samples
-    assert 0.0 <= b.eval_metric(c, outs) <= 1.0
+    scores_fn = jax.jit(lambda p, e: b.model(c).apply({"params": p}, e["user"], e["items"]))
+    outs, hits, count = [], 0.0, 0.0
+    for e in data.eval_batches():
+        outs.append(jax.device_get(ev(params, e)))
+        h, _ = _brute_force(np.asarray(scores_fn(params, e)), np.asarray(e["mask"]), int(c.top_k))
+        hits, count = hits + h, count + float(np.sum(e["mask"]))
+    assert sum(float(o["count"]) for o in outs) == data.num_eval_samples == count
+    assert 0 < hits < count  # neither all hits nor none: the comparison below can tell them apart
+    assert b.eval_metric(c, outs) == pytest.approx(hits / count, abs=1e-12)
 
 
 SHARDED = textwrap.dedent("""
@@ -199,7 +220,7 @@ def test_embedding_tables_sharded_over_mesh():
 # ------------------------------------------------------------------ tiny track through the driver
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    train = pytest.importorskip("mlperf_jax.train")
+    from mlperf_jax import train
     workdir = str(tmp_path_factory.mktemp("ncf_tiny"))
     config = ncf.get_config("tiny")
     opts = train.RunOptions(workdir=workdir, num_runs=1, checkpoint=False, progress=False,

@@ -1,6 +1,7 @@
 """The Transformer and GNMT benchmark definitions: configs, logged hyperparameters against the
 0.7.0 compliance rules, BLEU on the tiny track, one train step on 8 fake devices == 1 device, and
 the time-to-train driver end to end on a shrunk tiny track."""
+import itertools
 import json
 import os
 import subprocess
@@ -10,12 +11,14 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+import sacrebleu
 import yaml
 
 import mlperf_logging
 from mlperf_jax import benchmarks
 from mlperf_jax.benchmarks import gnmt as gb
 from mlperf_jax.benchmarks import transformer as tb
+from mlperf_jax.input_pipelines import synthetic_translation as synth
 from conftest import run_python
 
 NAMES = ["transformer", "gnmt"]
@@ -38,6 +41,13 @@ def test_registry_and_configs(name):
     assert ref.target == {"transformer": 0.25, "gnmt": 0.24}[name]
     assert tiny.division == "open" and tiny.dataset == "synthetic" and tiny.target >= 0.25
     assert bench.closed_division_violations(ref, module.get_config("reference")) == []
+    # ... and the comparison can tell: a tunable hyperparameter may change, a fixed one may not
+    tuned = module.get_config("reference")
+    tuned.learning_rate, tuned.global_batch_size = 2 * ref.learning_rate, 2 * ref.global_batch_size
+    assert bench.closed_division_violations(tuned, ref) == []
+    tuned.vocab_size = ref.vocab_size + 1
+    violations = bench.closed_division_violations(tuned, ref)
+    assert len(violations) == 1 and "vocab_size" in violations[0], violations
     with pytest.raises(ValueError):
         module.get_config("huge")
 
@@ -85,14 +95,58 @@ def test_tiny_bleu_and_loss(name):
     assert bench.eval_metric(config, perfect) == pytest.approx(1.0)
     empty = [dict(p, predictions=np.zeros_like(p["predictions"])) for p in perfect]
     assert bench.eval_metric(config, empty) == 0.0
-    # loss and one optimizer step are finite; tokens are counted
+    # partial credit, against sacrebleu on the texts: every other example loses its second
+    # word, padded rows hold junk that must not count, and the batches arrive out of order
+    vocab = synth.vocabulary()
+
+    def text(row):  # the synthetic task's words, up to EOS or padding
+        return " ".join(vocab[int(i)] for i in itertools.takewhile(lambda i: i not in (synth.PAD, synth.EOS), row))
+
+    hyps, refs, damaged = {}, {}, []
+    for p in perfect:
+        pred = np.array(p["predictions"])
+        for r, (m, i) in enumerate(zip(p["mask"], p["index"])):
+            if not m:
+                pred[r] = 3 + (np.arange(pred.shape[1]) % 5)  # junk in a padded row
+                continue
+            if int(i) % 2:
+                pred[r] = np.concatenate([pred[r, :1], pred[r, 2:], [0]])
+            hyps[int(i)], refs[int(i)] = text(pred[r]), text(p["targets"][r])
+        damaged.append(dict(p, predictions=pred))
+    order = sorted(hyps)
+    assert order == list(range(20)) and sum(hyps[i] != refs[i] for i in order) == 10
+    want = sacrebleu.corpus_bleu([hyps[i] for i in order], [[refs[i] for i in order]],
+                                 tokenize=str(config.bleu_tokenize)).score / 100
+    assert 0.2 < want < 0.95  # a real partial score, not a corner case
+    assert bench.eval_metric(config, damaged[::-1]) == pytest.approx(want, rel=1e-9)
+    # the loss is the label-smoothed cross-entropy minus its minimum, i.e. the mean over real
+    # target tokens of KL(smoothed one-hot || softmax(logits)); computed here in float64
     params, state = bench.init(config, jax.random.key(0))
     batch = next(ds.train_epoch(1, 0, None))
     loss, (_, metrics) = bench.loss_fn(config, params, state, batch, jax.random.key(1))
-    assert np.isfinite(float(loss)) and float(loss) > 0
+    logits = np.asarray(bench.logits(config, params, batch, jax.random.key(1), train=True), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    v, ls = logits.shape[-1], float(config.label_smoothing)
+    q = np.full(logits.shape, ls / (v - 1))
+    np.put_along_axis(q, np.asarray(batch["targets"])[..., None], 1 - ls, axis=-1)
+    kl = (q * (np.log(q) - logp)).sum(-1)
+    real = np.asarray(batch["targets"]) > 0
+    np.testing.assert_allclose(float(loss), kl[real].mean(), rtol=1e-4)
+    nll = -np.take_along_axis(logp, np.asarray(batch["targets"])[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(metrics["nll"]), nll[real].mean(), rtol=1e-4)
     assert bench.throughput_units(config, batch) == ("tokens", int((batch["targets"] > 0).sum()))
+    # the learning rate at the first step and at the end of warm-up, by the references' formulas
     tx, sched = bench.optimizer(config, ds.steps_per_epoch)
-    assert float(sched(0)) > 0
+    base, w = float(config.learning_rate), int(config.warmup_steps)
+    if name == "transformer":  # base * d^-0.5 * min(1, s/w) * max(s, w)^-0.5, s = step + 1
+        d = int(config.model.d_model)
+        expected = {0: base * d ** -0.5 / w ** 1.5, w - 1: base * d ** -0.5 * w ** -0.5,
+                    4 * w - 1: base * d ** -0.5 * (4 * w) ** -0.5}
+    else:  # GNMT: exponential warm-up from 1% of the base rate, then constant until the decay
+        expected = {0: 0.01 * base, w: base}
+    for step, lr in expected.items():
+        np.testing.assert_allclose(float(sched(step)), lr, rtol=1e-5, err_msg=str(step))
 
 
 MULTI_DEVICE = textwrap.dedent("""

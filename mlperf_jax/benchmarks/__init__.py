@@ -1,7 +1,7 @@
 """Benchmark registry: ``--benchmark=NAME`` -> the module that defines it.
 
-Each module defines ``BENCHMARK`` (a ``base.Benchmark``) and a module-level ``get_config(variant)``,
-so the module file doubles as the ``ml_collections`` config file (``resnet50.py:tiny``). Modules are
+Each module defines ``BENCHMARK`` (a ``base.Benchmark``); its configs live in
+``mlperf_jax/configs/<name>.py`` (``--config=tiny`` is ``configs/<name>.py:tiny``). Modules are
 imported lazily: asking for one benchmark never imports the others' dependencies.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import os
 
-from mlperf_jax.benchmarks.base import Benchmark, DataSource, DatasetNotFoundError, Target
+from mlperf_jax.benchmarks.base import Benchmark, DataSource, DatasetNotFoundError, Program, Target
 
 _MODULES = {
     "resnet50": "mlperf_jax.benchmarks.resnet50",
@@ -39,10 +39,8 @@ def get(name: str) -> Benchmark:
 
 def config_file(name: str) -> str:
     """Path of the benchmark's config file, for ``config_flags``."""
-    get(name)
-    spec = importlib.util.find_spec(_MODULES[name])
-    return os.path.abspath(spec.origin)
+    return os.path.abspath(get(name).config_file())
 
 
-__all__ = ["Benchmark", "DataSource", "DatasetNotFoundError", "Target", "get", "names",
+__all__ = ["Benchmark", "DataSource", "DatasetNotFoundError", "Program", "Target", "get", "names",
            "config_file", "UnknownBenchmarkError"]

@@ -1,116 +1,156 @@
 """The contract every benchmark implements, so that one driver can train all of them.
 
-A benchmark is data plus pure functions (AlgoPerf's ``Workload`` idea): the driver owns the clock,
-the mesh, the optimizer step, checkpoints and the MLPerf log; the benchmark says what to train, how
-to score it and when it is done.
+A benchmark is data plus pure functions (AlgoPerf's ``Workload`` idea) and holds no state: the
+driver owns the clock, the mesh, the optimizer step, checkpoints and the MLPerf log; the benchmark
+says what to train, how to score it and when it is done. What a metric needs from the data travels
+as the data source's eval context. Configs are data, in ``mlperf_jax/configs/<name>.py``.
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Iterator, Mapping
+import importlib
+import importlib.util
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 import optax
 
-PyTree = Any
-Batch = dict[str, np.ndarray]
+from mlperf_jax import division as division_lib
+from mlperf_jax.input_pipelines.source import Batch, DataSource, DatasetNotFoundError, PyTree
 
-
-class DatasetNotFoundError(FileNotFoundError):
-    """Raised when a real dataset is missing; the message says where we looked and how to prepare it."""
-
-
-@dataclasses.dataclass
-class DataSource:
-    """What the driver needs from a benchmark's input pipeline, for one host.
-
-    ``train_epoch(epoch, skip_steps, params)`` yields this host's slice of each global batch for
-    epoch ``epoch`` (numbered from 1), deterministic given the seed and the epoch so that a resumed
-    run can skip ``skip_steps`` batches and see exactly what an uninterrupted run sees. ``params`` is
-    the current model, for benchmarks whose data depends on it (MiniGo's self-play); others ignore it.
-
-    ``eval_batches()`` yields this host's slice of fixed-size eval batches; padded rows carry
-    ``mask == 0`` so that metrics count every real example exactly once.
-    """
-
-    num_train_samples: int
-    num_eval_samples: int
-    steps_per_epoch: int
-    train_epoch: Callable[[int, int, PyTree], Iterator[Batch]]
-    eval_batches: Callable[[], Iterator[Batch]]
-    description: str = ""
-    synthetic: bool = False
-    #: shapes and dtypes of one *global* train / eval batch, so the driver compiles ahead of time
-    #: without reading data before ``run_start``; when None it peeks at the first batch instead
-    train_spec: dict[str, jax.ShapeDtypeStruct] | None = None
-    eval_spec: dict[str, jax.ShapeDtypeStruct] | None = None
+__all__ = ["Batch", "Benchmark", "DataSource", "DatasetNotFoundError", "Program", "PyTree",
+           "Target"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """The quality target and how it is reported.
-
-    ``value`` is compared with ``eval_metric``'s result (``>=`` when ``higher_is_better``). The
-    MLPerf log's ``eval_accuracy`` is that same number, so the compliance checker's bound applies to
-    it directly.
+    """The quality target: one or more thresholds over the named metrics ``eval_metric`` returns
+    (AlgoPerf's ``has_reached_validation_target``). Mask R-CNN: ``{"BBOX": 0.377, "SEGM": 0.339}``.
     """
 
-    value: float
-    metric: str
+    thresholds: Mapping[str, float]
     higher_is_better: bool = True
 
-    def reached(self, score: float) -> bool:
-        return score >= self.value if self.higher_is_better else score <= self.value
+    @property
+    def primary(self) -> str:
+        """The metric shown first in tables and progress bars."""
+        return next(iter(self.thresholds))
+
+    def reached(self, metrics: Mapping[str, float]) -> bool:
+        def ok(name: str, bound: float) -> bool:
+            v = metrics.get(name)
+            if v is None or not np.isfinite(v):
+                return False
+            return v >= bound if self.higher_is_better else v <= bound
+        return all(ok(k, b) for k, b in self.thresholds.items())
+
+    def log_value(self, metrics: Mapping[str, float]) -> float | dict[str, float]:
+        """``eval_accuracy`` as the checker reads it: a float, or a dict when there are several
+        thresholds (Mask R-CNN's ``{"BBOX": ..., "SEGM": ...}``)."""
+        if len(self.thresholds) == 1:
+            return float(metrics[self.primary])
+        return {k: float(metrics[k]) for k in self.thresholds}
+
+    def describe(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        return ", ".join(f"{k} {op} {v:g}" for k, v in self.thresholds.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """An extra jitted program a benchmark declares (MiniGo's self-play, a match against a fixed
+    model). The driver compiles ``fn(params, model_state, *args)`` ahead of time, with the train
+    state's shardings for the model and ``arg_specs`` (``jax.ShapeDtypeStruct``) for the rest, and
+    hands the compiled programs to the data source's ``before_epoch`` hook."""
+
+    fn: Callable[..., Any]
+    arg_specs: tuple = ()
 
 
 class Benchmark(abc.ABC):
     """One MLPerf training benchmark.
 
-    Subclasses set the class attributes and implement the abstract methods. Hyperparameters,
-    targets, eval cadence and budgets live in the ``ml_collections`` config returned by
-    ``get_config(variant)``; fields every config must have:
-
-    - ``target`` (float), ``target_metric`` (str): quality target on the eval metric.
-    - ``global_batch_size`` (int), ``num_epochs`` (int): the epoch budget; past it the run aborts.
-    - ``eval_every_epochs`` (int) and ``eval_offset_epochs`` (int), or ``eval_every_samples`` (int > 0).
-    - ``eval_batch_size`` (int), ``dtype`` ('float32' | 'bfloat16'), ``dataset`` ('synthetic' | 'tfds').
-    - ``num_runs`` (int): runs in a result for this config.
-    - ``division`` default ('closed' for reference configs, 'open' for tiny).
+    Config fields every benchmark has (see ``mlperf_jax/configs/``): ``target`` (None: the round's
+    target from ``mlperf_jax/rounds.py``; a number for the tiny track) and ``target_metric``;
+    ``global_batch_size``, ``eval_batch_size``, ``num_epochs`` (the budget; past it the run
+    aborts); ``eval_every_epochs`` and ``eval_offset_epochs``, or ``eval_epochs`` (an explicit
+    list); ``dtype``; ``dataset`` ('synthetic' or a real source); ``num_runs``; ``division``.
     """
 
     #: name on the command line (``--benchmark=NAME``)
     name: str = ""
     #: MLPerf ``submission_benchmark`` value
     mlperf_name: str = ""
-    #: config variants ``get_config`` accepts; the first is the default with a data dir
-    config_names: tuple[str, ...] = ("reference", "tiny")
-    #: config keys a closed-division submission may change (the rest must match the reference)
+    #: the module holding ``get_config(variant)`` and ``VARIANTS``
+    config_module: str = ""
+    #: dotted config keys (or globs) a closed-division submission may change
     tunable_hparams: frozenset[str] = frozenset({"global_batch_size"})
+    #: dotted config keys that switch implementations without changing the mathematics
+    implementation_keys: frozenset[str] = frozenset()
 
     # ---------------------------------------------------------------- configs
-    @abc.abstractmethod
-    def get_config(self, variant: str) -> ml_collections.ConfigDict:
-        """The config for ``variant`` (one of ``config_names``)."""
+    @property
+    def config_names(self) -> tuple[str, ...]:
+        """Variants ``get_config`` accepts; the first is the default when real data is given."""
+        return tuple(importlib.import_module(self.config_module).VARIANTS)
 
-    def target(self, config: ml_collections.ConfigDict) -> Target:
-        return Target(float(config.target), str(config.target_metric),
+    def get_config(self, variant: str) -> ml_collections.ConfigDict:
+        return importlib.import_module(self.config_module).get_config(variant)
+
+    def config_file(self) -> str:
+        """Path of the config file, for ``ml_collections.config_flags``."""
+        spec = importlib.util.find_spec(self.config_module)
+        return spec.origin
+
+    def target(self, config: ml_collections.ConfigDict, round: str | None = None) -> Target:
+        """The config's own target (tiny track), else the round's (``mlperf_jax/rounds.py``)."""
+        if config.get("target") is not None:
+            return Target({str(config.target_metric): float(config.target)},
+                          bool(config.get("higher_is_better", True)))
+        from mlperf_jax import rounds
+        return Target(dict(rounds.targets(self.name, round or rounds.default_round(self.name))),
                       bool(config.get("higher_is_better", True)))
 
+    def eval_epochs(self, config: ml_collections.ConfigDict) -> list[int]:
+        """Epochs after which the driver evaluates: ``config.eval_epochs`` when given (SSD's
+        reference evaluates at fixed epochs), else every ``eval_every_epochs`` after
+        ``eval_offset_epochs``; the last epoch of the budget always."""
+        n = int(config.num_epochs)
+        if config.get("eval_epochs"):
+            epochs = sorted({int(e) for e in config.eval_epochs if 0 < int(e) <= n})
+        else:
+            every = int(config.get("eval_every_epochs", 1))
+            offset = int(config.get("eval_offset_epochs", 0))
+            epochs = [e for e in range(1, n + 1) if e > offset and (e - offset) % every == 0]
+        if not epochs or epochs[-1] != n:
+            epochs.append(n)
+        return epochs
+
+    def closed_division_violations(self, config: ml_collections.ConfigDict,
+                                   reference: ml_collections.ConfigDict) -> list[str]:
+        """Fixed hyperparameters that differ from the reference, as ``key=value (reference v)``."""
+        return division_lib.violations(config, reference, tunable=self.tunable_hparams,
+                                       implementation=self.implementation_keys)
+
     # ---------------------------------------------------------------- data
+    def prepare_data(self, config: ml_collections.ConfigDict, data_dir: str | None) -> str | None:
+        """One-time, untimed preparation (vocabularies, tokenised eval sets, caches), as the rules
+        allow for reformatting; returns what it did. Runs before any run's ``init_start``."""
+        return None
+
     @abc.abstractmethod
     def data_source(self, config: ml_collections.ConfigDict, data_dir: str | None, *,
                     seed: int, process_index: int, process_count: int) -> DataSource:
-        """This host's input pipeline. Raise ``DatasetNotFoundError`` when real data is missing."""
+        """This host's input pipeline; reads no data (only what ``prepare_data`` wrote as
+        metadata). Raise ``DatasetNotFoundError`` when the data or its preparation is missing."""
 
     # ---------------------------------------------------------------- model
     @abc.abstractmethod
     def init(self, config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[PyTree, PyTree]:
-        """Returns ``(params, model_state)``; ``model_state`` is e.g. BatchNorm statistics or ``{}``.
-
-        Must be traceable (the driver runs it under ``jax.eval_shape`` and ``jit``)."""
+        """``(params, model_state)``; traceable (the driver runs it under ``eval_shape`` and jit)."""
 
     @abc.abstractmethod
     def loss_fn(self, config: ml_collections.ConfigDict, params: PyTree, model_state: PyTree,
@@ -126,9 +166,26 @@ class Benchmark(abc.ABC):
     @abc.abstractmethod
     def hparams_to_log(self, config: ml_collections.ConfigDict, steps_per_epoch: int
                        ) -> dict[str, Any]:
-        """MLLOG key -> value for every hyperparameter the ruleset wants (``opt_name``, ...).
+        """MLLOG key -> value (or ``(value, metadata)``) for every hyperparameter the ruleset
+        wants; ``global_batch_size`` is logged by the driver."""
 
-        ``global_batch_size`` is logged by the driver."""
+    def programs(self, config: ml_collections.ConfigDict) -> dict[str, Program]:
+        """Extra programs to compile ahead of time with the train step (none by default)."""
+        return {}
+
+    def partition_rules(self, config: ml_collections.ConfigDict) -> tuple:
+        """``(regex, PartitionSpec)`` rules for the train state's leaves (first match wins);
+        unmatched leaves follow the default (replicated, or FSDP with ``--fsdp``)."""
+        return ()
+
+    def pretrained_subtree(self, config: ml_collections.ConfigDict) -> str | None:
+        """The params subtree (``'/'``-path, ``''`` for all) that ``--config.pretrained=PATH``
+        fills after init; None when the benchmark takes no pretrained weights."""
+        return None
+
+    def pretrained_arch(self, config: ml_collections.ConfigDict) -> str:
+        """The torchvision architecture a ``.pth`` file for this benchmark holds."""
+        return ""
 
     # ---------------------------------------------------------------- evaluation
     @abc.abstractmethod
@@ -138,8 +195,10 @@ class Benchmark(abc.ABC):
         metrics such as BLEU or mAP)."""
 
     @abc.abstractmethod
-    def eval_metric(self, config: ml_collections.ConfigDict, outputs: list[PyTree]) -> float:
-        """On the host: the quality metric from all ``eval_step`` outputs (as numpy)."""
+    def eval_metric(self, config: ml_collections.ConfigDict, outputs: list[PyTree],
+                    context: Any) -> dict[str, float]:
+        """On the host: named quality metrics from all ``eval_step`` outputs (numpy) and the data
+        source's eval context (BLEU references, COCO annotations; None when it has none)."""
 
     # ---------------------------------------------------------------- helpers
     def check_config(self, config: ml_collections.ConfigDict) -> None:
@@ -149,26 +208,15 @@ class Benchmark(abc.ABC):
                 raise ValueError(f"config.{key} must be positive, got {config[key]}")
         if config.get("dtype", "float32") not in ("float32", "bfloat16"):
             raise ValueError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
-
-    def closed_division_violations(self, config: ml_collections.ConfigDict,
-                                   reference: ml_collections.ConfigDict) -> list[str]:
-        """Hyperparameters that differ from the reference config but are not tunable."""
-        skip = set(self.tunable_hparams) | {"division", "dataset", "num_runs", "checkpoint_every_steps"}
-        out = []
-        for key, value in reference.items():
-            if key in skip or key not in config:
-                continue
-            if config[key] != value:
-                out.append(f"{key}={config[key]!r} (reference {value!r})")
-        return out
+        if config.get("pretrained") and self.pretrained_subtree(config) is None:
+            raise ValueError(f"{self.name} takes no pretrained weights (config.pretrained)")
 
     def fake_train_batch(self, config: ml_collections.ConfigDict, rng: np.random.Generator
                          ) -> Batch:
-        """A global train batch of random but valid content (labels in range, tokens in the
-        vocabulary), for throughput benchmarks that must not depend on a dataset."""
+        """A global train batch of random but valid content, for dataset-free throughput
+        measurements."""
         raise NotImplementedError(f"{self.name} has no fake_train_batch")
 
     def throughput_units(self, config: ml_collections.ConfigDict, batch: Batch) -> tuple[str, int]:
-        """What a train step's throughput is counted in, and how many of them one global batch
-        holds (images for vision, tokens for translation)."""
+        """What throughput is counted in, and how many of them one global batch holds."""
         return "samples", int(config.global_batch_size)

@@ -1,8 +1,8 @@
 """MLPerf GNMT (translation, recurrent): the ``rnn_translator`` reference model on WMT16
 English-German, target 24.0 SacreBLEU (logged as 0.24) on newstest2014, evaluated every epoch.
 
-Config file for ``ml_collections``: ``gnmt.py:reference`` (closed division, TFDS data) and
-``gnmt.py:tiny`` (the synthetic task; open division, labelled as the tiny track).
+Configs: ``mlperf_jax/configs/gnmt.py`` (``reference``, closed division on TFDS data, and
+``tiny``, the synthetic task; open division, labelled as the tiny track).
 """
 from __future__ import annotations
 
@@ -14,80 +14,6 @@ import optax
 
 from mlperf_jax.benchmarks import translation
 from mlperf_jax.input_pipelines import synthetic_translation as synth
-
-
-def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.variant = variant
-    c.benchmark_name = "gnmt"
-    c.target_metric = "bleu"
-    c.target = 0.24
-    c.eval_every_epochs = 1
-    c.eval_offset_epochs = 0
-    c.num_runs = 10
-    c.dtype = "float32"
-    c.label_smoothing = 0.1
-    c.adam_beta1 = 0.9
-    c.adam_beta2 = 0.999
-    c.adam_epsilon = 1e-8
-    c.grad_clip_norm = 5.0
-    # WarmupMultiStepLR of the reference: exponential warm-up from 1% of the rate, constant until
-    # remain_steps (a fraction of all steps), then decay_steps halvings, decay_interval apart
-    c.learning_rate = 2.0e-3
-    c.warmup_steps = 200
-    c.remain_steps = 0.666
-    c.decay_steps = 4
-    c.decay_factor = 0.5
-    c.beam_size = 5
-    c.length_penalty_alpha = 0.6
-    c.length_penalty_const = 5.0
-    c.coverage_penalty = 0.1
-    c.bleu_tokenize = "13a"
-    c.model = ml_collections.ConfigDict(dict(hidden=1024, num_layers=4, dropout_rate=0.2,
-                                             init_scale=0.1))
-    if variant == "reference":
-        c.division = "closed"
-        c.dataset = "tfds"
-        c.train_dataset = "wmt16_translate/de-en"  # the reference's WMT16 training data
-        c.eval_dataset = "wmt14_translate/de-en"   # its test split is newstest2014
-        c.eval_split = "test"
-        c.source_language, c.target_language = "en", "de"
-        c.vocab_size = 32000
-        c.vocab_model_type = "bpe"    # the reference's subwords are BPE (32k merges, shared)
-        c.max_len = 50              # training pairs longer than this are discarded
-        c.max_eval_len = 150
-        c.max_decode_len = 150
-        c.pack = False              # the reference batches sentences (no packing)
-        c.global_batch_size = 128
-        c.eval_batch_size = 128
-        c.num_epochs = 8
-    elif variant == "tiny":
-        c.division = "open"
-        c.dataset = "synthetic"
-        c.vocab_size = synth.VOCAB_SIZE
-        c.max_len = 16
-        c.max_decode_len = 16
-        c.pack = False
-        # BLEU/100 on held-out sentences: a word-by-word mapping scores about 0.35 and one that
-        # also reorders (but gets no agreement right) about 0.61; 0.90 needs the agreement rules.
-        c.target = 0.90
-        c.bleu_tokenize = "none"
-        c.global_batch_size = 64
-        c.eval_batch_size = 128
-        c.num_epochs = 20
-        c.num_runs = 3
-        c.beam_size = 4
-        c.learning_rate = 1.0e-2
-        c.warmup_steps = 50
-        # uniform(-0.3, 0.3) instead of the reference's 0.1: at this width the small init leaves
-        # the attention without gradient for several epochs
-        c.model = ml_collections.ConfigDict(dict(hidden=128, num_layers=2, dropout_rate=0.0,
-                                                 init_scale=0.3))
-        c.synthetic = ml_collections.ConfigDict(dict(
-            num_train=8192, num_eval=256, train_data_seed=0, eval_data_seed=1))
-    else:
-        raise ValueError(f"unknown gnmt config {variant!r}; use reference or tiny")
-    return c
 
 
 def model_config(config, train: bool):
@@ -125,13 +51,10 @@ def lr_schedule(config, steps_per_epoch: int):
 class GNMTBenchmark(translation.TranslationBenchmark):
     name = "gnmt"
     mlperf_name = "gnmt"
-    config_names = ("reference", "tiny")
+    config_module = "mlperf_jax.configs.gnmt"
     # the schedule's knobs are closed-division tunables for GNMT (they are logged for that)
     tunable_hparams = translation.TranslationBenchmark.tunable_hparams | frozenset({
         "remain_steps", "decay_steps", "decay_factor"})
-
-    def get_config(self, variant: str) -> ml_collections.ConfigDict:
-        return get_config(variant)
 
     def init(self, config, rng):
         from mlperf_jax.models import gnmt as G

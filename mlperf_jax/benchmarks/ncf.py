@@ -5,8 +5,7 @@ Reference: mlcommons/training tag v0.5, ``recommendation/pytorch`` (``convert.py
 binary cross-entropy on logits, 4 fresh negatives per positive each epoch, HR@10 over the held-out
 item and 999 negatives per user, evaluated every epoch, target 0.635, at most 20 epochs.
 
-This file is also the ``ml_collections`` config file of the benchmark (``ncf.py:tiny``); importing
-it has no side effects. See docs/ncf.md.
+Configs: ``mlperf_jax/configs/ncf.py`` (``reference``, ``tiny``). See docs/ncf.md.
 """
 from __future__ import annotations
 
@@ -21,78 +20,16 @@ import optax
 
 from mlperf_jax.benchmarks.base import Benchmark, DataSource, DatasetNotFoundError
 
-REFERENCE_NUM_USERS = 138493
-REFERENCE_NUM_ITEMS = 26744
-
-
-def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    # quality target and cadence (v0.5: HR@10 >= 0.635, evaluated every epoch)
-    c.target = 0.635
-    c.target_metric = "hr@10"
-    c.top_k = 10
-    c.eval_every_epochs = 1
-    c.eval_offset_epochs = 0
-    c.num_epochs = 20
-    # data (MovieLens-20M after the reference's preprocessing)
-    c.dataset = "tfds"
-    c.num_users = REFERENCE_NUM_USERS
-    c.num_items = REFERENCE_NUM_ITEMS
-    c.min_ratings = 20
-    c.num_negatives = 4
-    c.num_eval_negatives = 999
-    c.data_seed = 0  # fixes the evaluation negatives (as convert.py's --seed 0)
-    # model
-    c.mf_dim = 64
-    c.mlp_layer_sizes = (256, 256, 128, 64)
-    c.row_multiple = 64
-    c.dtype = "float32"
-    # optimizer (reference run_and_time.sh + ncf.py)
-    c.global_batch_size = 2048
-    c.learning_rate = 0.0005
-    c.adam_beta1 = 0.9
-    c.adam_beta2 = 0.999
-    c.adam_epsilon = 1e-8
-    c.eval_batch_size = 1024  # users per eval batch (each scores 1 + 999 items)
-    # runs: v0.5 asked for 100 runs and scored the first 50 that converge (MLPERF_RULES.md 1.2)
-    c.num_runs = 100
-    c.converged_runs_scored = 50
-    c.division = "closed"
-
-    if variant == "reference":
-        pass
-    elif variant == "tiny":
-        # Synthetic low-rank implicit feedback (input_pipelines/synthetic_movielens.py), a smaller
-        # NeuMF and a larger batch so that an epoch takes about a second on 2 CPU cores.
-        c.dataset = "synthetic"
-        c.division = "open"
-        c.num_users = 1000
-        c.num_items = 2000
-        c.min_ratings = 1
-        c.synthetic_rank = 8
-        c.synthetic_mean_interactions = 30
-        c.synthetic_sharpness = 3.0
-        c.mf_dim = 16
-        c.mlp_layer_sizes = (64, 32, 16, 8)
-        c.row_multiple = 8
-        c.global_batch_size = 1024
-        c.learning_rate = 0.002
-        c.eval_batch_size = 200
-        c.num_epochs = 30
-        c.target = 0.35
-    else:
-        raise ValueError(f"unknown ncf config variant {variant!r}; known: reference, tiny")
-    return c
+from mlperf_jax.configs.ncf import REFERENCE_NUM_ITEMS, REFERENCE_NUM_USERS
 
 
 class NCF(Benchmark):
     name = "ncf"
     mlperf_name = "ncf"  # NCF is in no MLLOG ruleset after v0.5; see docs/ncf.md
-    config_names = ("reference", "tiny")
-    tunable_hparams = frozenset({"global_batch_size", "learning_rate"})
-
-    def get_config(self, variant: str) -> ml_collections.ConfigDict:
-        return get_config(variant)
+    config_module = "mlperf_jax.configs.ncf"
+    tunable_hparams = frozenset({"global_batch_size", "learning_rate", "eval_batch_size"})
+    # table rows padded for sharding are never read: no change to the mathematics
+    implementation_keys = frozenset({"row_multiple"})
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         super().check_config(config)
@@ -109,54 +46,53 @@ class NCF(Benchmark):
             raise ValueError("config.learning_rate must be > 0 and the Adam betas in [0, 1)")
 
     # ------------------------------------------------------------------ data
-    def prepared(self, config: ml_collections.ConfigDict, data_dir: str | None):
-        from mlperf_jax.input_pipelines import movielens
+    def _prep_kwargs(self, config):
+        return dict(cache_dir=config.get("cache_dir") or None,
+                    num_eval_negatives=int(config.num_eval_negatives),
+                    min_ratings=int(config.min_ratings), data_seed=int(config.data_seed))
 
+    def prepare_data(self, config, data_dir):
         if config.dataset == "synthetic":
-            from mlperf_jax.input_pipelines import synthetic_movielens
+            return None
+        from mlperf_jax.input_pipelines import movielens
+        if not data_dir:
+            raise DatasetNotFoundError("ncf needs --data_dir for MovieLens-20M (or --config=tiny "
+                                       "for the synthetic tiny track); " + movielens.PREPARE_HELP)
+        p = movielens.prepare(data_dir, **self._prep_kwargs(config))
+        return (f"MovieLens-20M: {p.num_users} users, {p.num_items} items, "
+                f"{p.num_train_positives} training positives")
 
-            prepared, _ = synthetic_movielens.make(
+    def data_source(self, config, data_dir, *, seed, process_index, process_count) -> DataSource:
+        from mlperf_jax.input_pipelines import movielens
+        if config.dataset == "synthetic":      # generated in memory: not the dataset
+            from mlperf_jax.input_pipelines import synthetic_movielens
+            p, _ = synthetic_movielens.make(
                 int(config.num_users), int(config.num_items),
                 num_eval_negatives=int(config.num_eval_negatives), data_seed=int(config.data_seed),
                 rank=int(config.synthetic_rank),
                 mean_interactions=int(config.synthetic_mean_interactions),
                 sharpness=float(config.synthetic_sharpness))
-            return prepared
-        if config.dataset != "tfds":
+        elif config.dataset == "tfds":
+            if not data_dir:
+                raise DatasetNotFoundError(
+                    "ncf needs --data_dir for MovieLens-20M (or --config=tiny for the synthetic "
+                    "tiny track); " + movielens.PREPARE_HELP)
+            p = movielens.load_meta(data_dir, **self._prep_kwargs(config))  # the .json only
+        else:
             raise ValueError(f"config.dataset must be 'tfds' or 'synthetic', got {config.dataset!r}")
-        if not data_dir:
-            raise DatasetNotFoundError("ncf needs --data_dir for MovieLens-20M (or --config=tiny "
-                                       "for the synthetic tiny track); " + movielens.PREPARE_HELP)
-        cache_dir = config.get("cache_dir", None) or os.path.join(data_dir, "ncf_cache")
-        return movielens.prepare(data_dir, cache_dir=cache_dir,
-                                 num_eval_negatives=int(config.num_eval_negatives),
-                                 min_ratings=int(config.min_ratings),
-                                 data_seed=int(config.data_seed))
-
-    def data_source(self, config, data_dir, *, seed, process_index, process_count) -> DataSource:
-        from mlperf_jax.input_pipelines import movielens
-
-        p = self.prepared(config, data_dir)
         if p.num_users > config.num_users or p.num_items > config.num_items:
             raise ValueError(f"the data has {p.num_users} users and {p.num_items} items but the "
                              f"config sizes the model for {config.num_users} and {config.num_items}")
-        train = movielens.TrainBatches(p, int(config.global_batch_size),
-                                       num_negatives=int(config.num_negatives), seed=seed,
-                                       process_index=process_index, process_count=process_count)
-        ev = movielens.EvalBatches(p, int(config.eval_batch_size), process_index=process_index,
-                                   process_count=process_count)
-        src = DataSource(
-            num_train_samples=train.num_samples, num_eval_samples=p.num_users,
-            steps_per_epoch=train.steps_per_epoch, train_epoch=train.epoch,
-            eval_batches=ev.__iter__,
-            description=(f"{'synthetic MovieLens-like' if config.dataset == 'synthetic' else 'MovieLens-20M'}: "
-                         f"{p.num_users} users, {p.num_items} items, {p.num_train_positives} "
-                         f"train positives x (1 + {config.num_negatives} negatives)"),
+        return movielens.data_source(
+            p, global_batch_size=int(config.global_batch_size),
+            eval_batch_size=int(config.eval_batch_size), num_negatives=int(config.num_negatives),
+            seed=seed, process_index=process_index, process_count=process_count,
             synthetic=config.dataset == "synthetic")
-        # global shapes, so that the driver need not build a batch to learn them
-        src.train_spec = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in train.spec().items()}
-        src.eval_spec = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in ev.spec().items()}
-        return src
+
+    def partition_rules(self, config):
+        # the embedding tables are nearly all of NeuMF: their rows split over every device
+        from mlperf_jax.models import ncf as ncf_model
+        return ncf_model.PARTITION_RULES
 
     # ------------------------------------------------------------------ model
     def model(self, config: ml_collections.ConfigDict):
@@ -210,10 +146,9 @@ class NCF(Benchmark):
         logits = self.model(config).apply({"params": params}, batch["user"], batch["items"])
         return ranking_sums(logits, batch["mask"], int(config.top_k))
 
-    def eval_metric(self, config, outputs) -> float:
-        hits = sum(float(np.asarray(o["hits"])) for o in outputs)
-        count = sum(float(np.asarray(o["count"])) for o in outputs)
-        return hits / max(count, 1.0)
+    def eval_metric(self, config, outputs, context) -> dict[str, float]:
+        s = self.eval_summary(outputs)
+        return {str(config.target_metric): s["hr"], "ndcg": s["ndcg"]}
 
     @staticmethod
     def eval_summary(outputs) -> dict[str, float]:

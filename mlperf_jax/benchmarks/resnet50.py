@@ -1,9 +1,7 @@
 """ResNet-50 v1.5 on ImageNet: MLPerf image classification (``submission_benchmark`` "resnet").
 
-This module is also the benchmark's ``ml_collections`` config file: ``get_config(variant)`` with
-variant ``reference`` (LARS at batch 3264, the MLPerf reference convergence point), one config per
-published system size (``lars_1632`` ... ``lars_13056``, ``sgd_256``) and ``tiny`` (a small ResNet
-on the synthetic shapes task, see ``input_pipelines/synthetic_shapes.py``).
+Configs: ``mlperf_jax/configs/resnet50.py`` (``reference``, the LARS convergence points,
+``sgd_256``, and ``tiny``: a small ResNet on the synthetic shapes task).
 """
 from __future__ import annotations
 
@@ -16,103 +14,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from mlperf_jax.benchmarks.base import Benchmark, DataSource, DatasetNotFoundError
+from mlperf_jax.benchmarks.base import Benchmark, DataSource
 
 IMAGENET_TRAIN = 1281167
 IMAGENET_EVAL = 50000
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-# Convergence points of the MLPerf ResNet reference (mlperf_logging rcp_checker, rcps_resnet.json):
-# batch -> (base lr, warmup epochs, decay epochs, weight decay, momentum).
-_LARS_POINTS = {
-    1632: (7.4, 2, 35, 5e-5, 0.9),
-    3264: (10.5, 2, 37, 5e-5, 0.9),
-    4096: (10.0, 5, 42, 2e-3, 0.9),
-    13056: (12.8, 9, 48, 2.5e-5, 0.94),
-}
-
-CONFIG_NAMES = ("reference", "tiny", "sgd_256") + tuple(f"lars_{b}" for b in _LARS_POINTS)
-
-
-def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.dataset = "tfds"
-    c.division = "closed"
-    c.target = 0.759
-    c.target_metric = "top1"
-    c.num_runs = 5
-    c.model = "resnet50"
-    c.num_classes = 1000
-    c.image_size = 224
-    c.dtype = "bfloat16"
-    c.label_smoothing = 0.1
-    # convolutions as lax convs ("xla"), as im2col GEMMs ("matmul": same math and parameters,
-    # faster on CPUs), or "auto" (matmul on CPU, xla elsewhere)
-    c.conv_impl = "auto"
-    c.eval_every_epochs = 4
-    c.eval_offset_epochs = 0
-    c.eval_batch_size = 1024
-    c.num_epochs = 90  # budget; the run aborts if the target is not reached by then
-    c.optimizer = "lars"
-    c.momentum = 0.9
-    c.end_learning_rate = 1e-4
-    c.poly_power = 2
-    c.lars_epsilon = 0.0
-    c.lars_trust_coefficient = 0.001
-    # tiny-track only fields keep their defaults elsewhere
-    c.train_examples = 0
-    c.eval_examples = 0
-    c.label_noise = 0.0
-    if variant in ("reference", "lars_3264") or variant.startswith("lars_"):
-        bs = 3264 if variant == "reference" else int(variant.split("_")[1])
-        if bs not in _LARS_POINTS:
-            raise ValueError(f"no LARS convergence point for batch {bs}")
-        lr, warm, decay, wd, mom = _LARS_POINTS[bs]
-        c.global_batch_size = bs
-        c.base_learning_rate = lr
-        c.warmup_epochs = warm
-        c.decay_epochs = decay
-        c.weight_decay = wd
-        c.momentum = mom
-    elif variant == "sgd_256":
-        c.optimizer = "sgd"
-        c.global_batch_size = 256
-        c.base_learning_rate = 0.1
-        c.warmup_epochs = 5
-        c.decay_epochs = 85
-        c.weight_decay = 1e-4
-        c.eval_batch_size = 256
-    elif variant == "tiny":
-        c.dataset = "synthetic"
-        c.division = "open"
-        c.model = "resnet_tiny"
-        c.num_classes = 10
-        c.image_size = 24
-        c.dtype = "float32"
-        c.train_examples = 8192
-        c.eval_examples = 1024
-        c.label_noise = 0.08
-        c.global_batch_size = 64
-        c.eval_batch_size = 512
-        c.optimizer = "sgd"
-        c.base_learning_rate = 0.2
-        c.warmup_epochs = 1
-        c.decay_epochs = 9
-        c.weight_decay = 1e-4
-        c.num_epochs = 10
-        c.eval_every_epochs = 1
-        # With 8% of labels flipped the best achievable top-1 is about 0.93; 0.80 needs the
-        # shapes and their textures to be learnt (chance is 0.10). About 5 epochs get there.
-        c.target = 0.80
-        c.tiny_filters = 8
-        # at 8-32 channels XLA's own convolutions beat the GEMM path (measured: ~2.3x)
-        c.conv_impl = "xla"
-        c.tiny_stages = (1, 1, 1)
-    else:
-        raise ValueError(f"unknown config variant {variant!r}; known: {', '.join(CONFIG_NAMES)}")
-    return c
-
 
 def _model(config: ml_collections.ConfigDict):
     from mlperf_jax.models import resnet
@@ -153,15 +60,15 @@ def _decay_mask(params):
 class ResNet50Benchmark(Benchmark):
     name = "resnet50"
     mlperf_name = "resnet"
-    config_names = CONFIG_NAMES
+    config_module = "mlperf_jax.configs.resnet50"
+    # the closed resnet rules let a submitter pick the optimizer (LARS or SGD) and its schedule;
+    # end_learning_rate, poly_power and lars_epsilon are fixed by closed_resnet_{lars,sgd}.yaml
     tunable_hparams = frozenset({
-        "global_batch_size", "optimizer", "base_learning_rate", "end_learning_rate",
-        "warmup_epochs", "decay_epochs", "weight_decay", "momentum", "poly_power",
-        "eval_offset_epochs", "dtype", "eval_batch_size", "num_epochs",
+        "global_batch_size", "optimizer", "base_learning_rate", "warmup_epochs", "decay_epochs",
+        "weight_decay", "momentum", "eval_offset_epochs", "dtype", "eval_batch_size",
+        "num_epochs",
     })
-
-    def get_config(self, variant: str) -> ml_collections.ConfigDict:
-        return get_config(variant)
+    implementation_keys = frozenset({"conv_impl"})
 
     # ------------------------------------------------------------------ data
     def data_source(self, config, data_dir, *, seed, process_index, process_count) -> DataSource:
@@ -175,7 +82,7 @@ class ResNet50Benchmark(Benchmark):
         size = int(config.image_size)
         spe = IMAGENET_TRAIN // gbs
 
-        def train_epoch(epoch: int, skip: int, params) -> Iterator:
+        def train_epoch(epoch: int, skip: int) -> Iterator:
             ds = imagenet.train_dataset(data_dir, batch_size=gbs // process_count, seed=seed,
                                         epoch=epoch, image_size=size,
                                         process_index=process_index, process_count=process_count)
@@ -264,10 +171,10 @@ class ResNet50Benchmark(Benchmark):
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return {"correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
 
-    def eval_metric(self, config, outputs) -> float:
+    def eval_metric(self, config, outputs, context) -> dict[str, float]:
         correct = sum(float(o["correct"]) for o in outputs)
         count = sum(float(o["count"]) for o in outputs)
-        return correct / max(count, 1.0)
+        return {"top1": correct / max(count, 1.0)}
 
     def fake_train_batch(self, config, rng):
         n, s = int(config.global_batch_size), int(config.image_size)
@@ -296,7 +203,7 @@ def _synthetic_source(config, seed: int, process_index: int, process_count: int)
     if spe == 0:
         raise ValueError(f"global batch {gbs} is larger than the {len(tx)} training examples")
 
-    def train_epoch(epoch: int, skip: int, params) -> Iterator[dict[str, np.ndarray]]:
+    def train_epoch(epoch: int, skip: int) -> Iterator[dict[str, np.ndarray]]:
         rng = np.random.default_rng([seed, epoch])
         perm = rng.permutation(len(tx))
         flips = rng.random(len(tx)) < 0.5

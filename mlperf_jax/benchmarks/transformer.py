@@ -1,8 +1,8 @@
 """MLPerf Transformer (translation, non-recurrent): Transformer big on WMT English-German,
 target 25.0 BLEU (logged as 0.25) on newstest2014, evaluated every epoch.
 
-Config file for ``ml_collections``: ``transformer.py:reference`` (closed division, TFDS data) and
-``transformer.py:tiny`` (the synthetic task; open division, labelled as the tiny track).
+Configs: ``mlperf_jax/configs/transformer.py`` (``reference``, closed division on TFDS data, and
+``tiny``, the synthetic task; open division, labelled as the tiny track).
 """
 from __future__ import annotations
 
@@ -15,71 +15,6 @@ import optax
 
 from mlperf_jax.benchmarks import translation
 from mlperf_jax.input_pipelines import synthetic_translation as synth
-
-
-def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.variant = variant
-    c.benchmark_name = "transformer"
-    c.target_metric = "bleu"
-    c.target = 0.25
-    c.eval_every_epochs = 1
-    c.eval_offset_epochs = 0
-    c.num_runs = 10
-    c.dtype = "float32"
-    c.label_smoothing = 0.1
-    c.adam_beta1 = 0.9
-    c.adam_beta2 = 0.997
-    c.adam_epsilon = 1e-9
-    c.beam_size = 4
-    c.length_penalty_alpha = 0.6
-    c.bleu_tokenize = "13a"
-    c.model = ml_collections.ConfigDict(dict(
-        d_model=1024, num_heads=16, num_layers=6, d_ff=4096, dropout_rate=0.1,
-        attention_dropout_rate=0.1, relu_dropout_rate=0.1))
-    if variant == "reference":
-        c.division = "closed"
-        c.dataset = "tfds"
-        c.train_dataset = "wmt17_translate/de-en"
-        c.eval_dataset = "wmt14_translate/de-en"   # its test split is newstest2014
-        c.eval_split = "test"
-        c.source_language, c.target_language = "en", "de"
-        c.vocab_size = 33708          # the reference's shared subword vocabulary size
-        c.vocab_model_type = "unigram"
-        c.max_len = 256               # training sequences longer than this are discarded
-        c.max_eval_len = 256          # eval sources are truncated to this (none is longer)
-        c.max_decode_len = 256
-        c.pack = True                 # training examples packed into rows of max_len tokens
-        c.global_batch_size = 128     # packed rows of 256 tokens (about 27k target tokens)
-        c.eval_batch_size = 128
-        c.num_epochs = 10
-        c.learning_rate = 2.0         # the reference's scale constant
-        c.warmup_steps = 16000
-    elif variant == "tiny":
-        c.division = "open"
-        c.dataset = "synthetic"
-        c.vocab_size = synth.VOCAB_SIZE
-        c.max_len = 16
-        c.max_decode_len = 16
-        c.pack = False
-        # BLEU/100 on held-out sentences: a word-by-word mapping scores about 0.35 and one that
-        # also reorders (but gets no agreement right) about 0.61; 0.90 needs the agreement rules.
-        c.target = 0.90
-        c.bleu_tokenize = "none"
-        c.global_batch_size = 64
-        c.eval_batch_size = 128
-        c.num_epochs = 20
-        c.num_runs = 3
-        c.learning_rate = 2.0
-        c.warmup_steps = 200
-        c.model = ml_collections.ConfigDict(dict(
-            d_model=64, num_heads=4, num_layers=2, d_ff=128, dropout_rate=0.0,
-            attention_dropout_rate=0.0, relu_dropout_rate=0.0))
-        c.synthetic = ml_collections.ConfigDict(dict(
-            num_train=8192, num_eval=256, train_data_seed=0, eval_data_seed=1))
-    else:
-        raise ValueError(f"unknown transformer config {variant!r}; use reference or tiny")
-    return c
 
 
 def model_config(config, train: bool, decode: bool = False):
@@ -99,10 +34,7 @@ def model_config(config, train: bool, decode: bool = False):
 class TransformerBenchmark(translation.TranslationBenchmark):
     name = "transformer"
     mlperf_name = "transformer"
-    config_names = ("reference", "tiny")
-
-    def get_config(self, variant: str) -> ml_collections.ConfigDict:
-        return get_config(variant)
+    config_module = "mlperf_jax.configs.transformer"
 
     def init(self, config, rng):
         from mlperf_jax.models import transformer as T

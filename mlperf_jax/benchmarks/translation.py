@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from mlperf_jax.benchmarks.base import Batch, Benchmark, DataSource, PyTree
+from mlperf_jax.input_pipelines.source import global_spec
 from mlperf_jax.input_pipelines import synthetic_translation as synth
 
 
@@ -69,7 +70,7 @@ def synthetic_source(config: ml_collections.ConfigDict, *, seed: int, process_in
     rows = _host_rows(gb, process_index, process_count)
     erows = _host_rows(eb, process_index, process_count)
 
-    def train_epoch(epoch: int, skip_steps: int = 0, params: Any = None) -> Iterator[Batch]:
+    def train_epoch(epoch: int, skip_steps: int = 0) -> Iterator[Batch]:
         order = np.random.default_rng([seed, epoch]).permutation(train.num_examples)
         for step in range(skip_steps, steps):
             idx = order[step * gb:(step + 1) * gb][rows]
@@ -85,8 +86,16 @@ def synthetic_source(config: ml_collections.ConfigDict, *, seed: int, process_in
             yield {"inputs": evals.inputs[idx][sl], "targets": evals.targets[idx][sl],
                    "mask": mask[sl].astype(np.int32), "index": idx[sl].astype(np.int32)}
 
+    length = int(config.max_len)
     return DataSource(num_train_samples=steps * gb, num_eval_samples=evals.num_examples,
                       steps_per_epoch=steps, train_epoch=train_epoch, eval_batches=eval_batches,
+                      train_spec=global_spec({k: ((gb // process_count, length), np.int32)
+                                              for k in ("inputs", "targets")}, process_count),
+                      eval_spec=global_spec({**{k: ((eb // process_count, length), np.int32)
+                                                for k in ("inputs", "targets")},
+                                             **{k: ((eb // process_count,), np.int32)
+                                                for k in ("mask", "index")}}, process_count),
+                      eval_context=lambda: {"references": None, "detokenize": synth.decode},
                       description=(f"synthetic translation (tiny track): {train.num_examples} train / "
                                    f"{evals.num_examples} held-out pairs, vocab {synth.VOCAB_SIZE}"),
                       synthetic=True)
@@ -97,13 +106,7 @@ class TranslationBenchmark(Benchmark, abc.ABC):
     """Shared loss, data, eval. Subclasses supply the model (``logits``, ``beam_decode``)."""
 
     tunable_hparams = frozenset({"global_batch_size", "learning_rate", "warmup_steps",
-                                 "adam_beta1", "adam_beta2"})
-
-    def __init__(self):
-        # Raw eval references (for BLEU against the original text, not a round trip through the
-        # vocabulary) and the detokeniser, registered by ``data_source`` per eval dataset.
-        self._references: dict[str, list[str]] = {}
-        self._detokenizers: dict[str, Callable[[np.ndarray], str]] = {}
+                                 "adam_beta1", "adam_beta2", "eval_batch_size"})
 
     # ---- model hooks
     @abc.abstractmethod
@@ -120,12 +123,14 @@ class TranslationBenchmark(Benchmark, abc.ABC):
             return synthetic_source(config, seed=seed, process_index=process_index,
                                     process_count=process_count)
         from mlperf_jax.input_pipelines import wmt
-        src = wmt.data_source(config, data_dir, seed=seed, process_index=process_index,
-                              process_count=process_count)
-        key = _eval_key(config)
-        self._references[key] = src.references
-        self._detokenizers[key] = src.detokenize
-        return src.source
+        return wmt.data_source(config, data_dir, seed=seed, process_index=process_index,
+                               process_count=process_count)
+
+    def prepare_data(self, config, data_dir) -> str | None:
+        if config.dataset == "synthetic":
+            return None
+        from mlperf_jax.input_pipelines import wmt
+        return wmt.prepare(config, data_dir)
 
     def fake_train_batch(self, config, rng: np.random.Generator) -> Batch:
         """Random sentence pairs shaped like the real pipeline's batches: WMT-like lengths
@@ -167,35 +172,31 @@ class TranslationBenchmark(Benchmark, abc.ABC):
         return {"predictions": preds, "targets": batch["targets"], "mask": batch["mask"],
                 "index": batch["index"]}
 
-    def eval_metric(self, config, outputs: list[PyTree]) -> float:
-        hyps, refs = self.detokenized(config, outputs)
-        return bleu(hyps, refs, tokenize=str(config.bleu_tokenize))
-
-    def detokenized(self, config, outputs: list[PyTree]) -> tuple[list[str], list[str]]:
-        """(hypotheses, references) for every real eval example, in dataset order."""
-        key = _eval_key(config)
-        detok = self._detokenizers.get(key, synth.decode if config.dataset == "synthetic" else None)
-        if detok is None:
-            raise RuntimeError("eval_metric needs data_source() to have been called first "
-                               "(it registers the vocabulary and references)")
-        refs_all = self._references.get(key)
-        by_index: dict[int, tuple[str, str]] = {}
-        for out in outputs:
-            preds = np.asarray(out["predictions"])
-            tgts = np.asarray(out["targets"])
-            mask = np.asarray(out["mask"]).astype(bool)
-            index = np.asarray(out["index"])
-            for p, t, m, i in zip(preds, tgts, mask, index):
-                if not m:
-                    continue
-                ref = refs_all[int(i)] if refs_all is not None else detok(t)
-                by_index[int(i)] = (detok(p), ref)
-        items = [by_index[i] for i in sorted(by_index)]
-        return [h for h, _ in items], [r for _, r in items]
+    def eval_metric(self, config, outputs: list[PyTree], context) -> dict[str, float]:
+        hyps, refs = detokenized(outputs, context)
+        return {"bleu": bleu(hyps, refs, tokenize=str(config.bleu_tokenize))}
 
 
-def _eval_key(config) -> str:
-    return f"{config.dataset}:{config.get('eval_dataset', '')}:{config.get('vocab_size', '')}"
+def detokenized(outputs: list[PyTree], context: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(hypotheses, references) for every real eval example, in dataset order. ``context`` is the
+    data source's eval context: ``detokenize`` (ids -> text) and ``references`` (the raw reference
+    sentences, for BLEU against the original text rather than a round trip through the
+    vocabulary; None to detokenise the eval targets instead)."""
+    detok = context["detokenize"]
+    refs_all = context.get("references")
+    by_index: dict[int, tuple[str, str]] = {}
+    for out in outputs:
+        preds = np.asarray(out["predictions"])
+        tgts = np.asarray(out["targets"])
+        mask = np.asarray(out["mask"]).astype(bool)
+        index = np.asarray(out["index"])
+        for p, t, m, i in zip(preds, tgts, mask, index):
+            if not m:
+                continue
+            ref = refs_all[int(i)] if refs_all is not None else detok(t)
+            by_index[int(i)] = (detok(p), ref)
+    items = [by_index[i] for i in sorted(by_index)]
+    return [h for h, _ in items], [r for _, r in items]
 
 
 def lr_schedule_rsqrt(base: float, d_model: int, warmup: int) -> Callable:

@@ -2,8 +2,9 @@
 
 ``ImageNetQSL`` reads the MLPerf reference layout: a directory with ``val_map.txt``
 (``relative/path.JPEG label`` per line) and the validation JPEGs; samples are decoded and
-preprocessed (resize shorter side to 256 -> 87.5% central crop, 224x224, uint8 NHWC) when
-LoadGen loads them to RAM.  ``SyntheticImageQSL`` has the same shapes and random pixels, for
+preprocessed when LoadGen loads them to RAM, by ``preprocessing.eval_image`` for the model
+(resize the shorter side to 256, 87.5% central crop: 224x224 uint8 HWC), the very function
+training's eval pipeline uses.  ``SyntheticImageQSL`` has the same shapes and random pixels, for
 runs without the dataset.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from mlperf_jax.input_pipelines import preprocessing as pp
 
 IMAGENET_VAL_COUNT = 50_000
 PERFORMANCE_SAMPLE_COUNT = 1024
@@ -28,25 +31,15 @@ def find_imagenet_val(data_dir: str | None) -> str | None:
     return None
 
 
-def preprocess(jpeg_bytes: bytes, image_size: int = 224) -> np.ndarray:
-    """Decode, resize the shorter side to image_size/0.875, central crop: uint8 HWC."""
-    import tensorflow as tf  # only needed with a real dataset
-
-    img = tf.io.decode_image(jpeg_bytes, channels=3, expand_animations=False)
-    h, w = int(img.shape[0]), int(img.shape[1])
-    scale = (image_size / 0.875) / min(h, w)
-    nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
-    img = tf.image.resize(img, (nh, nw), method="area")
-    top, left = (nh - image_size) // 2, (nw - image_size) // 2
-    img = img[top:top + image_size, left:left + image_size]
-    return np.clip(np.round(img.numpy()), 0, 255).astype(np.uint8)
-
-
 class ImageNetQSL:
+    """``preprocessing`` names the model family whose convention the crops follow."""
+
     name = "ImageNetQSL"
 
-    def __init__(self, val_dir: str, image_size: int = 224, count: int | None = None,
-                 performance_sample_count: int = PERFORMANCE_SAMPLE_COUNT):
+    def __init__(self, val_dir: str, *, preprocessing: str, image_size: int = 224,
+                 count: int | None = None, performance_sample_count: int = PERFORMANCE_SAMPLE_COUNT):
+        pp.convention(preprocessing)  # unknown names fail here, not at the first load
+        self.preprocessing = preprocessing
         self.val_dir = val_dir
         self.image_size = image_size
         files, labels = [], []
@@ -70,7 +63,8 @@ class ImageNetQSL:
         for i in indices:
             if i not in self._ram:
                 with open(os.path.join(self.val_dir, self.files[i]), "rb") as f:
-                    self._ram[i] = preprocess(f.read(), self.image_size)
+                    data = f.read()
+                self._ram[i] = pp.eval_image(data, self.preprocessing, self.image_size).numpy()
 
     def unload_samples_from_ram(self, indices):
         for i in indices:

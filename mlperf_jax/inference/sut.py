@@ -6,7 +6,8 @@ Threads: ``issue_queries`` only appends to a queue.  A batcher thread takes up t
 pads to the smallest compiled batch size, puts the uint8 batch on the devices with a
 ``NamedSharding`` over the mesh's ``data`` axis and dispatches the compiled function (JAX returns
 at once).  A completer thread fetches the argmax predictions and answers LoadGen, so host work
-for batch i+1 overlaps device work for batch i.
+for batch i+1 overlaps device work for batch i.  Normalisation runs inside the compiled function
+(``preprocessing.normalize`` for the model family named by ``preprocessing``), so uint8 travels.
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mlperf_jax.input_pipelines.preprocessing import convention, normalize
 from mlperf_jax.loadgen import QuerySampleResponse, query_samples_complete
-
-IMAGENET_MEAN = np.array([123.68, 116.78, 103.94], np.float32)
-IMAGENET_STD = np.array([58.393, 57.12, 57.375], np.float32)
 
 
 class ClassifierSUT:
-    """``apply_fn(variables, images_nhwc_float, train=False) -> logits``; answers int32 top-1."""
+    """``apply_fn(variables, images_nhwc_float, train=False) -> logits``; answers int32 top-1.
 
-    def __init__(self, apply_fn: Callable, variables: Any, qsl, *, image_size: int = 224,
+    ``preprocessing`` ("resnet50", "mobilenet") says how the QSL's uint8 images become the
+    model's floats; it has no default because a wrong one gives plausible, wrong accuracy.
+    """
+
+    def __init__(self, apply_fn: Callable, variables: Any, qsl, *, preprocessing: str,
+                 image_size: int = 224,
                  batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32), batch_timeout_ms: float = 0.0,
                  mesh: Mesh | None = None, name: str = "JaxClassifierSUT",
                  complete: Callable = query_samples_complete):
+        convention(preprocessing)  # unknown names fail before compiling
+        self.preprocessing = preprocessing
         self.name = name
         self.qsl = qsl
         self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ("data",))
@@ -47,10 +53,9 @@ class ClassifierSUT:
         rep = NamedSharding(self.mesh, P())
         self._batch_sharding = NamedSharding(self.mesh, P("data"))
         self.variables = jax.device_put(variables, rep)
-        mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
 
         def predict(v, images_u8):
-            x = (images_u8.astype(jnp.float32) - mean) / std
+            x = normalize(images_u8, preprocessing)
             return jnp.argmax(apply_fn(v, x, train=False), axis=-1).astype(jnp.int32)
 
         jitted = jax.jit(predict, in_shardings=(rep, self._batch_sharding), out_shardings=self._batch_sharding)

@@ -1,0 +1,128 @@
+"""ImageNet evaluation preprocessing: one convention per model family, shared by training and inference.
+
+Training's eval pipeline (``imagenet.py``), the inference QSL (``inference/qsl.py``), the SUT
+(``inference/sut.py``) and the training step all call these functions, so a model is always
+evaluated on the pixels it was trained for. Host side (TF, in tf.data or eagerly): decode, resize
+the shorter side to ``int(size / 0.875)``, central crop ``size`` x ``size``: uint8 HWC, the bytes
+that travel to the device. Device side (jnp): ``normalize`` turns uint8 into the model's floats.
+
+| model | JPEG decode | resize (shorter side to 256 for 224) | uint8 -> float |
+|---|---|---|---|
+| resnet50 | libjpeg ISLOW | area (cv2 ``INTER_AREA``) | ``x - [123.68, 116.78, 103.94]``, no std |
+| mobilenet | libjpeg ISLOW | bilinear, no antialias (cv2 ``INTER_LINEAR``) | ``x / 127.5 - 1`` in [-1, 1] |
+
+Sources (the MLPerf references, not torchvision):
+- mlcommons/inference ``vision/classification_and_detection/python/dataset.py``:
+  ``resize_with_aspectratio`` (scale 87.5, sizes truncated with ``int``), ``center_crop``,
+  ``pre_process_vgg`` (ResNet-50: ``INTER_AREA``, subtract the means above) and
+  ``pre_process_mobilenet`` (``INTER_LINEAR``, ``/255 - 0.5, *2``). The v0.5 accuracy targets
+  (76.456%, 71.676%) were measured with exactly this.
+- mlcommons/training ``image_classification/tensorflow/official/resnet/imagenet_preprocessing.py``
+  (the v0.6 reference; ``tensorflow2/`` since v1.0 is the same): ``_CHANNEL_MEANS`` = the same
+  three means, mean subtraction only. Training and inference references agree on ResNet-50's
+  normalisation, so our own weights follow it. They differ on the eval resize (the training
+  reference uses TF1 bilinear); we use area in both, so that the accuracy seen in training is
+  the accuracy the inference harness measures for the same weights.
+- cv2.imread decodes JPEG with libjpeg's accurate integer DCT (ISLOW); TF's default is the fast
+  one, up to 4 levels off on most pixels, hence ``dct_method="INTEGER_ACCURATE"``.
+
+Our TF resize matches cv2's within one grey level (tested in ``tests/test_preprocessing.py``).
+TensorFlow is imported inside the host functions only, so the SUT and the training step can use
+``normalize`` without loading it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# resize_with_aspectratio's ``scale``: the central crop keeps 87.5% of the shorter side.
+CROP_PERCENT = 87.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+    """How one model family's images are resized on the host and normalised on the device."""
+
+    resize_method: str  # tf.image.resize method
+    mean: tuple[float, float, float]  # RGB, subtracted from uint8 values
+    std: tuple[float, float, float]  # RGB, divides after the subtraction
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "resnet50": Convention("area", (123.68, 116.78, 103.94), (1.0, 1.0, 1.0)),
+    "mobilenet": Convention("bilinear", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+}
+MODELS = tuple(CONVENTIONS)
+
+
+def convention(model: str) -> Convention:
+    """The convention of ``model``; ValueError naming the known ones otherwise."""
+    try:
+        return CONVENTIONS[model]
+    except KeyError:
+        raise ValueError(f"no ImageNet preprocessing for {model!r}; expected one of "
+                         f"{', '.join(MODELS)}") from None
+
+
+def resize_target(size: int) -> int:
+    """The shorter side before the central crop: 256 for 224, as the reference computes it."""
+    return int(100.0 * size / CROP_PERCENT)
+
+
+# ---------------------------------------------------------------- device side (jnp)
+def normalize(images: jax.Array | np.ndarray, model: str) -> jax.Array:
+    """uint8 NHWC (or HWC) -> float32 the way ``model`` was trained; jit-friendly, runs on device."""
+    c = convention(model)
+    mean = np.asarray(c.mean, np.float32)
+    std = np.asarray(c.std, np.float32)
+    x = jnp.asarray(images).astype(jnp.float32) - mean
+    return x if np.all(std == 1.0) else x / std
+
+
+# ---------------------------------------------------------------- host side (TF)
+def decode(image_bytes: "tf.Tensor | bytes") -> "tf.Tensor":
+    """Encoded image -> uint8 HWC RGB, JPEG with the accurate DCT as cv2.imread does; graph-safe."""
+    import tensorflow as tf
+
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    return tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
+
+
+def resize_and_crop(image: "tf.Tensor | np.ndarray", model: str, size: int = 224) -> "tf.Tensor":
+    """uint8 HWC of any size -> uint8 ``size`` x ``size`` x 3: aspect-preserving resize, central crop.
+
+    The resized shape is the reference's ``resize_with_aspectratio``: shorter side
+    ``resize_target(size)``, longer side ``int(short * long / shorter)`` (float64, as Python
+    computes it). Values are rounded half up, as cv2 does for uint8.
+    """
+    import tensorflow as tf
+
+    method = convention(model).resize_method
+    image = tf.convert_to_tensor(image)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short = resize_target(size)
+    hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+    tall = h > w
+    nh = tf.where(tall, tf.cast(tf.floor(short * hf / wf), tf.int32), short)
+    nw = tf.where(tall, short, tf.cast(tf.floor(short * wf / hf), tf.int32))
+    resized = tf.image.resize(image, tf.stack([nh, nw]), method=method, antialias=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    crop = resized[top:top + size, left:left + size]
+    crop = tf.ensure_shape(crop, [size, size, 3])
+    return tf.cast(tf.clip_by_value(tf.floor(crop + 0.5), 0, 255), tf.uint8)
+
+
+def eval_image(image_bytes: "tf.Tensor | bytes", model: str, size: int = 224) -> "tf.Tensor":
+    """Encoded image -> the uint8 ``size`` x ``size`` x 3 crop ``model`` is evaluated on."""
+    return resize_and_crop(decode(image_bytes), model, size)

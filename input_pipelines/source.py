@@ -1,0 +1,77 @@
+"""What a training driver needs from an input pipeline, for one host.
+
+This module depends on nothing of the benchmark contract, so that pipelines (``wmt``, ``movielens``,
+``imagenet``, ...) can be imported and tested on their own. The driver's timing rules shape it:
+
+- constructing a ``DataSource`` reads no data (the MLPerf clock has not started yet): it knows the
+  sizes and shapes from metadata written by a one-time, untimed preparation step;
+- ``train_spec`` / ``eval_spec`` give the global batch shapes, so the driver compiles ahead of time
+  without peeking at a batch;
+- what the metric needs from the data (BLEU references, COCO annotations) comes from
+  ``eval_context()``, called inside the clock, never kept on the benchmark object.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+PyTree = Any
+Batch = dict[str, np.ndarray]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A real dataset (or its prepared form) is missing; the message says where we looked and how
+    to prepare it."""
+
+
+@dataclasses.dataclass
+class DataSource:
+    """One host's view of a benchmark's data.
+
+    ``train_epoch(epoch, skip_steps)`` yields this host's slice of each global batch of epoch
+    ``epoch`` (numbered from 1), deterministic given the seed, the epoch and (when ``get_state`` is
+    set) the data state, so that a resumed run can skip ``skip_steps`` batches and see exactly what
+    an uninterrupted run sees.
+
+    ``eval_batches()`` yields this host's slice of fixed-size eval batches; padded rows carry
+    ``mask == 0`` so that metrics count every real example exactly once.
+
+    Model-dependent data (MiniGo's self-play): ``before_epoch(epoch, params, model_state,
+    programs)`` runs inside the clock before epoch ``epoch``'s data is drawn, with a copy of the
+    current parameters that the train step does not donate, and the benchmark's extra compiled
+    programs by name; it returns per-epoch hyperparameters to log (``{key: value}``) or None.
+    ``epoch_steps(epoch)`` is that epoch's step count when it varies (asked after
+    ``before_epoch``); otherwise every epoch has ``steps_per_epoch`` steps. When the data is not a
+    pure function of (seed, epoch), ``get_state()`` returns a pytree of numpy arrays and scalars
+    that goes into every checkpoint and ``set_state`` puts it back on resume.
+    """
+
+    num_train_samples: int
+    num_eval_samples: int
+    steps_per_epoch: int
+    train_epoch: Callable[[int, int], Iterator[Batch]]
+    eval_batches: Callable[[], Iterator[Batch]]
+    #: shapes and dtypes of one *global* train / eval batch (ahead-of-time compilation)
+    train_spec: dict[str, Any]
+    eval_spec: dict[str, Any]
+    description: str = ""
+    synthetic: bool = False
+    #: called once per run inside the clock, before the first evaluation; passed to eval_metric
+    eval_context: Callable[[], Any] | None = None
+    before_epoch: Callable[[int, PyTree, PyTree, dict[str, Callable]], dict | None] | None = None
+    epoch_steps: Callable[[int], int] | None = None
+    get_state: Callable[[], PyTree] | None = None
+    set_state: Callable[[PyTree], None] | None = None
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return int(self.epoch_steps(epoch)) if self.epoch_steps is not None else self.steps_per_epoch
+
+
+def global_spec(per_host: dict[str, tuple[tuple[int, ...], Any]], process_count: int
+                ) -> dict[str, Any]:
+    """``{key: ShapeDtypeStruct}`` of the global batch from this host's ``{key: (shape, dtype)}``."""
+    import jax
+    return {k: jax.ShapeDtypeStruct((s[0] * process_count,) + tuple(s[1:]), d)
+            for k, (s, d) in per_host.items()}
