@@ -5,14 +5,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCHMARK ?= resnet50
 ARGS ?=
+EXTRAS ?= test
 
-.PHONY: train test install clean
+.PHONY: train test install clean FORCE
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	echo '$(EXTRAS)' > $(STAMP)
+
+# EXTRAS the venv was not installed with (e.g. EXTRAS=test,torch after a plain install) reinstall
+ifeq ($(findstring $(EXTRAS),$(shell cat $(STAMP) 2>/dev/null)),)
+$(STAMP): FORCE
+endif
+FORCE:
 
 install: $(STAMP)
 

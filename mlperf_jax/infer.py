@@ -29,7 +29,8 @@ flags.DEFINE_string("scenario", "Offline", f"One of {', '.join(SCENARIOS)}.")
 flags.DEFINE_string("mode", "performance", f"One of {', '.join(MODES)}.")
 flags.DEFINE_string("user_conf", None, "user.conf (model.Scenario.key = value), applied after mlperf.conf.")
 flags.DEFINE_string("data_dir", None, "ImageNet validation set in the MLPerf layout (val_map.txt + JPEGs).")
-flags.DEFINE_string("checkpoint_dir", None, "Training workdir with an orbax checkpoint.")
+flags.DEFINE_string("checkpoint_dir", None, "An orbax checkpoint directory written by training "
+                    "(WORKDIR/run_N/checkpoints); its latest step is loaded.")
 flags.DEFINE_string("outdir", "inference_results", "Where the mlperf_log_* files go.")
 flags.DEFINE_list("batch_sizes", ["1", "2", "4", "8", "16", "32"], "Batch sizes compiled ahead of the test.")
 flags.DEFINE_float("batch_timeout_ms", None, "Server dynamic batching: wait at most this long for a batch "

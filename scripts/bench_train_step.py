@@ -50,7 +50,7 @@ def bench_jax():
     import numpy as np
 
     from mlperf_jax import benchmarks, sharding
-    from mlperf_jax import train as T
+    from mlperf_jax.driver import compile as T
 
     bench = benchmarks.get(FLAGS.benchmark)
     config = bench.get_config(FLAGS.config)

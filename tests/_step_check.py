@@ -31,7 +31,7 @@ def run_steps(mesh, fsdp, process_index=0, process_count=1):
     rng = jax.random.key(0)
     state = c.init(jax.random.fold_in(rng, 1))
     losses = []
-    it = data.train_epoch(1, 0, None)
+    it = data.train_epoch(1, 0)
     for _ in range(STEPS):
         state, m = c.train_step(state, S.host_batch_to_global(next(it), mesh), rng)
         losses.append(float(m["loss"]))
@@ -49,8 +49,11 @@ def main():
     if mode == "devices":
         out = {"n_devices": jax.device_count()}
         l1, p1, _ = run_steps(S.make_mesh(jax.devices()[:1]), False)
-        for name, fsdp in (("dp", False), ("fsdp", True)):
-            ln, pn, specs = run_steps(S.make_mesh(), fsdp)
+        meshes = {"dp": (S.make_mesh(), False), "fsdp": (S.make_mesh(), True),
+                  # a (data=4, model=2) mesh: the batch splits over data only, FSDP over data
+                  "fsdp_4x2": (S.make_mesh(data=4, model=2), True)}
+        for name, (mesh, fsdp) in meshes.items():
+            ln, pn, specs = run_steps(mesh, fsdp)
             out[name] = {"loss_1": l1, "loss_n": ln,
                          "max_param_diff": float(np.max(np.abs(flat(p1) - flat(pn)))),
                          "param_scale": float(np.max(np.abs(flat(p1)))),

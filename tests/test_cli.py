@@ -1,4 +1,6 @@
 """Bad input gives one clear line on stderr and a non-zero exit; --help works."""
+import os
+
 import pytest
 
 from conftest import run_python
@@ -41,3 +43,56 @@ def test_help_lists_flags():
     proc = run_python(CLI + ["--helpshort"], timeout=120)
     assert proc.returncode == 0
     assert "--benchmark" in proc.stdout and "--num_runs" in proc.stdout
+
+
+# closed division through the command line, for every benchmark: (a tunable change, a fixed one)
+DIVISION_CASES = {
+    "resnet50": ("--config.base_learning_rate=9.0", "--config.label_smoothing=0.2"),
+    "transformer": ("--config.learning_rate=1.5", "--config.label_smoothing=0.2"),
+    "gnmt": ("--config.learning_rate=0.001", "--config.label_smoothing=0.2"),
+    "ncf": ("--config.learning_rate=0.001", "--config.mf_dim=32"),
+}
+
+
+def _dry(bench, *extra):
+    return run_python(CLI + [f"--benchmark={bench}", "--config=reference", "--dry_run", *extra],
+                      timeout=120)
+
+
+@pytest.mark.parametrize("bench", sorted(DIVISION_CASES))
+def test_dry_run_closed_division(bench):
+    tunable, fixed = DIVISION_CASES[bench]
+    key = fixed.split("=")[0][len("--config."):]
+    ref = _dry(bench)
+    assert ref.returncode == 0, ref.stderr
+    assert ref.stdout.strip().endswith("closed division: accepted"), ref.stdout
+    assert f"  {key} = " in ref.stdout  # the resolved hyperparameters are printed
+    tun = _dry(bench, tunable)
+    assert tun.returncode == 0 and tun.stdout.strip().endswith("accepted"), tun.stdout + tun.stderr
+    bad = _dry(bench, fixed)
+    _one_line_error(bad, "closed division fixes these hyperparameters", key)
+    assert f"closed division: rejects {key}=" in bad.stdout
+    for extra in ((tunable,), (fixed,)):
+        open_ = _dry(bench, "--division=open", *extra)
+        assert open_.returncode == 0, open_.stderr
+        assert "open division: any hyperparameters accepted" in open_.stdout
+
+
+def test_dry_run_implementation_switch_is_not_a_hyperparameter():
+    proc = _dry("resnet50", "--config.conv_impl=xla")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("accepted"), proc.stdout
+    assert "implementation (" in proc.stdout and "conv_impl = 'xla'" in proc.stdout
+
+
+def test_dry_run_touches_no_data(tmp_path):
+    """The reference config with a data dir that holds nothing: a dry run still succeeds."""
+    proc = _dry("transformer", f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(tmp_path) == []  # no workdir, no caches, no logs
+
+
+def test_round_v05_targets_and_bad_format_combination():
+    proc = _dry("resnet50", "--round=v0.5")
+    assert proc.returncode == 0 and "round v0.5, target top1 >= 0.749" in proc.stdout
+    bad = _dry("resnet50", "--round=v0.5", "--log_format=v0.6")
+    _one_line_error(bad, "--log_format=v0.6", "--round=v0.6")

@@ -10,7 +10,7 @@ from mlperf_jax.models.transformer import param_count
 
 
 def test_reference_parameter_count_without_allocating():
-    config = gb.get_config("reference")
+    config = gb.BENCHMARK.get_config("reference")
     shapes = jax.eval_shape(lambda r: gb.BENCHMARK.init(config, r)[0], jax.random.key(0))
     h, v = 1024, 32000
 
@@ -64,7 +64,7 @@ def test_encoder_ignores_padding():
 
 
 def test_warmup_multistep_schedule():
-    c = gb.get_config("reference")
+    c = gb.BENCHMARK.get_config("reference")
     c.num_epochs, c.warmup_steps = 3, 10
     sched, d = gb.lr_schedule(c, steps_per_epoch=100)        # 300 steps
     base = c.learning_rate

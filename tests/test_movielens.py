@@ -118,6 +118,7 @@ def test_train_batches_ratio_determinism_and_skip(small):
     assert pos_pairs == sorted(zip(small.train_users.tolist(), small.train_items.tolist()))
     assert not tb.positives.contains(cat["user"][w][labels == 0], cat["item"][w][labels == 0]).any()
     # the held-out items are not used as positives
+    assert not set(pos_pairs) & set(enumerate(small.test_items.tolist()))
     # deterministic per (seed, epoch); fresh negatives in another epoch; skip = resume
     again = list(tb.epoch(1))
     assert all(np.array_equal(a["item"], b["item"]) for a, b in zip(batches, again))

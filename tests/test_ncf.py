@@ -13,7 +13,8 @@ import pytest
 
 from mlperf_jax import benchmarks
 from mlperf_jax.benchmarks import ncf
-from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.configs import ncf as ncf_config
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError
 from mlperf_jax.models import ncf as ncf_model
 
 
@@ -46,8 +47,8 @@ def test_hit_rate_and_ndcg_match_brute_force(levels):
     assert float(out["hits"]) == hits
     np.testing.assert_allclose(float(out["ndcg"]), ndcg, rtol=1e-5)
     assert float(out["count"]) == mask.sum()
-    hr = ncf.BENCHMARK.eval_metric(ncf.get_config("tiny"), [jax.device_get(out)])
-    assert hr == pytest.approx(hits / mask.sum())
+    hr = ncf.BENCHMARK.eval_metric(ncf_config.get_config("tiny"), [jax.device_get(out)], None)
+    assert hr["hr@10"] == pytest.approx(hits / mask.sum())
 
 
 def test_hit_rate_and_ndcg_on_hand_made_scores():
@@ -62,7 +63,7 @@ def test_hit_rate_and_ndcg_on_hand_made_scores():
     out = jax.device_get(ncf.ranking_sums(jnp.asarray(scores), jnp.asarray(mask), 10))
     assert float(out["hits"]) == 2.0 and float(out["count"]) == 4.0
     np.testing.assert_allclose(float(out["ndcg"]), 1.0 + np.log(2) / np.log(11), rtol=1e-6)
-    assert ncf.BENCHMARK.eval_metric(ncf.get_config("tiny"), [out]) == 0.5
+    assert ncf.BENCHMARK.eval_metric(ncf_config.get_config("tiny"), [out], None)["hr@10"] == 0.5
 
 
 def test_neumf_shapes_init_and_ranking_mode():
@@ -97,7 +98,7 @@ def test_neumf_shapes_init_and_ranking_mode():
 def test_configs_and_contract():
     assert benchmarks.get("ncf") is ncf.BENCHMARK
     assert benchmarks.config_file("ncf").endswith("ncf.py")
-    ref, tiny = ncf.get_config("reference"), ncf.get_config("tiny")
+    ref, tiny = ncf_config.get_config("reference"), ncf_config.get_config("tiny")
     b = ncf.BENCHMARK
     for c in (ref, tiny):
         b.check_config(c)
@@ -105,16 +106,22 @@ def test_configs_and_contract():
                     "eval_offset_epochs", "eval_batch_size", "dtype", "dataset", "num_runs",
                     "division"):
             assert key in c
-    assert (ref.target, ref.learning_rate, ref.global_batch_size, ref.adam_beta1, ref.adam_beta2,
+    assert b.target(ref).thresholds == {"hr@10": 0.635}  # ncf's round is v0.5
+    assert (0.635, ref.learning_rate, ref.global_batch_size, ref.adam_beta1, ref.adam_beta2,
             ref.mf_dim, tuple(ref.mlp_layer_sizes)) == (0.635, 0.0005, 2048, 0.9, 0.999, 64,
                                                        (256, 256, 128, 64))
     assert (ref.num_runs, ref.converged_runs_scored) == (100, 50)
-    assert b.closed_division_violations(ref, ref) == []
+    tuned = ncf_config.get_config("reference")  # the tunable hyperparameters may change ...
+    tuned.learning_rate, tuned.global_batch_size = 2 * ref.learning_rate, 2 * ref.global_batch_size
+    assert b.closed_division_violations(tuned, ref) == []
+    tuned.mf_dim = 32  # ... a fixed one may not
+    violations = b.closed_division_violations(tuned, ref)
+    assert len(violations) == 1 and "mf_dim" in violations[0], violations
     assert tiny.division == "open" and tiny.dataset == "synthetic"
     assert b.closed_division_violations(tiny, ref)  # the tiny model differs from the reference
     with pytest.raises(ValueError):
-        ncf.get_config("huge")
-    bad = ncf.get_config("tiny")
+        ncf_config.get_config("huge")
+    bad = ncf_config.get_config("tiny")
     bad.num_eval_negatives = 5000
     with pytest.raises(ValueError, match="num_eval_negatives"):
         b.check_config(bad)
@@ -133,10 +140,10 @@ def test_configs_and_contract():
 def test_one_train_step_and_eval_on_tiny():
     import optax
 
-    b, c = ncf.BENCHMARK, ncf.get_config("tiny")
+    b, c = ncf.BENCHMARK, ncf_config.get_config("tiny")
     c.num_users, c.num_items, c.num_eval_negatives = 300, 600, 99
     data = b.data_source(c, None, seed=0, process_index=0, process_count=1)
-    batch = next(iter(data.train_epoch(1, 0, None)))
+    batch = next(iter(data.train_epoch(1, 0)))
     assert {k: v.shape for k, v in batch.items()} == {k: s.shape for k, s in data.train_spec.items()}
     params, state = jax.jit(lambda r: b.init(c, r))(jax.random.key(0))
     tx, _ = b.optimizer(c, data.steps_per_epoch)
@@ -163,7 +170,7 @@ def test_one_train_step_and_eval_on_tiny():
         hits, count = hits + h, count + float(np.sum(e["mask"]))
     assert sum(float(o["count"]) for o in outs) == data.num_eval_samples == count
     assert 0 < hits < count  # neither all hits nor none: the comparison below can tell them apart
-    assert b.eval_metric(c, outs) == pytest.approx(hits / count, abs=1e-12)
+    assert b.eval_metric(c, outs, None)["hr@10"] == pytest.approx(hits / count, abs=1e-12)
 
 
 SHARDED = textwrap.dedent("""
@@ -172,11 +179,12 @@ SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from mlperf_jax.benchmarks import ncf
+    from mlperf_jax.configs import ncf as ncf_config
     from mlperf_jax.models import ncf as ncf_model
-    b, c = ncf.BENCHMARK, ncf.get_config("tiny")
+    b, c = ncf.BENCHMARK, ncf_config.get_config("tiny")
     c.num_users, c.num_items, c.row_multiple, c.num_eval_negatives = 300, 600, 4, 99
     data = b.data_source(c, None, seed=0, process_index=0, process_count=1)
-    batch = next(iter(data.train_epoch(1, 0, None)))
+    batch = next(iter(data.train_epoch(1, 0)))
     ev = next(iter(data.eval_batches()))
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     params, state = jax.jit(lambda r: b.init(c, r))(jax.random.key(0))
@@ -222,7 +230,7 @@ def test_embedding_tables_sharded_over_mesh():
 def tiny_run(tmp_path_factory):
     from mlperf_jax import train
     workdir = str(tmp_path_factory.mktemp("ncf_tiny"))
-    config = ncf.get_config("tiny")
+    config = ncf_config.get_config("tiny")
     opts = train.RunOptions(workdir=workdir, num_runs=1, checkpoint=False, progress=False,
                             config_name="tiny")
     result = train.train("ncf", config, opts, print_fn=lambda *_: None)
@@ -232,8 +240,8 @@ def tiny_run(tmp_path_factory):
 def test_tiny_track_reaches_target(tiny_run):
     result, _ = tiny_run
     (run,) = result.runs
-    assert run.status == "success" and run.metric >= ncf.get_config("tiny").target
-    assert run.epochs <= ncf.get_config("tiny").num_epochs
+    assert run.status == "success" and run.metric >= ncf_config.get_config("tiny").target
+    assert run.epochs <= ncf_config.get_config("tiny").num_epochs
 
 
 @pytest.mark.parametrize("ruleset", ["0.7.0", "6.0.0"])
@@ -265,12 +273,15 @@ def test_reference_data_source_from_csv_and_cache(tmp_path):
         for i in rng.choice(np.arange(1, 400), 25, replace=False):
             rows.append(f"{u},{i},3.5,{rng.integers(10 ** 9)}")
     (d / "ratings.csv").write_text("\n".join(rows) + "\n")
-    b, c = ncf.BENCHMARK, ncf.get_config("reference")
+    b, c = ncf.BENCHMARK, ncf_config.get_config("reference")
     c.num_eval_negatives = 99
+    with pytest.raises(DatasetNotFoundError, match="prepare"):  # preparation is its own step
+        b.data_source(c, str(tmp_path), seed=3, process_index=0, process_count=1)
+    assert "40 users" in b.prepare_data(c, str(tmp_path))
     src = b.data_source(c, str(tmp_path), seed=3, process_index=0, process_count=1)
     assert src.num_eval_samples == 40 and src.num_train_samples == 40 * 24 * 5
     assert os.listdir(tmp_path / "ncf_cache")
-    batch = next(iter(src.train_epoch(1, 0, None)))
+    batch = next(iter(src.train_epoch(1, 0)))
     assert batch["user"].shape == (2048,) and src.train_spec["item"].shape == (2048,)
     ev = next(iter(src.eval_batches()))
     assert ev["items"].shape == (1024, 100) and ev["mask"].sum() == 40

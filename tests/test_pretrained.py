@@ -1,5 +1,6 @@
 """Pretrained backbone loading: torchvision ResNets against torch's own forward pass, and orbax
 round trips through the training checkpointer."""
+import importlib.util
 import sys
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import run_python
 from mlperf_jax import pretrained
 from mlperf_jax.models import resnet
 
@@ -40,31 +42,24 @@ def test_table_names_every_variable_of_our_resnet_once(arch, conv_impl):
                                                                          "batch_stats")
 
 
-def _random_torchvision(arch, tmp_path):
+def _random_torchvision(arch, tmp_path, size):
     """A torchvision ResNet with random weights and random BatchNorm statistics, in eval mode,
-    saved as a state dict the way torchvision publishes its weights."""
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path / f"{arch}.pth"
-    torch.save(model.state_dict(), path)
-    return torch, model, str(path)
+    saved as a state dict the way torchvision publishes its weights, and its logits on a random
+    image. Built in a fresh interpreter: torchvision's model code pulls in triton, which crashes
+    a process that has loaded TensorFlow (as the test process has)."""
+    if importlib.util.find_spec("torchvision") is None:  # found, not imported (see above)
+        pytest.skip("torchvision is not installed (the torch extra: pip install -e '.[torch]')")
+    proc = run_python(["tests/_torchvision_ref.py", arch, str(size), str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x = np.load(tmp_path / f"{arch}_{size}_input.npy")
+    ref = np.load(tmp_path / f"{arch}_{size}_logits.npy")
+    return str(tmp_path / f"{arch}.pth"), x, ref
 
 
-def _logits(torch, model, flax_model, variables, size):
-    x = np.random.RandomState(1).randn(1, 3, size, size).astype(np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    out = flax_model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
-    return np.asarray(out), ref
+def _logits(x, flax_model, variables):
+    apply = jax.jit(flax_model.apply, static_argnames="train")
+    out = apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
+    return np.asarray(out)
 
 
 # Odd sizes: every stride-2 layer then sees an odd input, where Flax's "SAME" padding equals
@@ -72,16 +67,18 @@ def _logits(torch, model, flax_model, variables, size):
 @pytest.mark.parametrize("arch,conv_impl,size", [("resnet34", "xla", 65), ("resnet50", "xla", 65),
                                                  ("resnet50", "matmul", 33)])
 def test_torchvision_weights_give_torchvision_logits(arch, conv_impl, size, tmp_path):
-    torch, model, path = _random_torchvision(arch, tmp_path)
+    path, x, ref = _random_torchvision(arch, tmp_path, size)
     loaded = pretrained.load(path)  # the arch comes from the file
     assert loaded.source == f"torchvision {arch} from {path}"
     flax_model = _flax_resnet(arch, conv_impl=conv_impl)
-    init = flax_model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+    # Shapes are enough for a target; the driver passes initialised arrays (tested below).
+    init = jax.eval_shape(lambda: flax_model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                                  train=False))
     loaded = pretrained.load(path, arch=arch, conv_impl=conv_impl)
     params, model_state, unused = pretrained.restore_subtree(
         init["params"], {"batch_stats": init["batch_stats"]}, loaded)
     assert unused == []
-    out, ref = _logits(torch, model, flax_model, {"params": params, **model_state}, size)
+    out = _logits(x, flax_model, {"params": params, **model_state})
     # float32 through 34-50 layers, summed in different orders: relative to the logits' scale.
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     other = "resnet50" if arch == "resnet34" else "resnet34"
@@ -93,11 +90,10 @@ def test_torchvision_weights_give_torchvision_logits(arch, conv_impl, size, tmp_
     "models/resnet.py pads stride-2 convolutions and the stem max-pool 'SAME' (TF style): at even "
     "sizes that is (0, 1), torch pads (1, 1), so torchvision weights see shifted windows"))
 def test_torchvision_logits_at_even_image_size(tmp_path):
-    torch, model, path = _random_torchvision("resnet34", tmp_path)
+    path, x, ref = _random_torchvision("resnet34", tmp_path, 64)
     flax_model = _flax_resnet("resnet34")
     loaded = pretrained.load(path)
-    out, ref = _logits(torch, model, flax_model, {"params": loaded.params, **loaded.model_state},
-                       64)
+    out = _logits(x, flax_model, {"params": loaded.params, **loaded.model_state})
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 
@@ -117,11 +113,14 @@ def test_missing_path_and_unknown_arch():
 
 
 def _tiny(seed, num_filters=8):
+    """A tiny ResNet's params and model state, random numbers everywhere (the model's own init
+    has zero BatchNorm scales and unit variances, which would compare equal whatever happens)."""
     model = resnet.ResNet(stage_sizes=[1, 1], block_cls=resnet.BasicBlock, num_filters=num_filters,
                           num_classes=5, small_stem=True)
-    v = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 3)), train=False)
-    # Zero-initialised BatchNorm scales and unit variances would compare equal whatever happens.
-    v = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(seed + 1), a.shape), v)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                                               train=False))
+    rng = np.random.default_rng(seed)
+    v = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
     return v["params"], {"batch_stats": v["batch_stats"]}
 
 
@@ -154,7 +153,7 @@ def test_orbax_checkpoint_round_trip(saved):
         loaded = pretrained.load(path)
         _assert_tree_equal(loaded.params, params)
         _assert_tree_equal(loaded.model_state, model_state)
-        fresh_params, fresh_state = _tiny(seed=5)
+        fresh_params, fresh_state = jax.tree.map(jnp.asarray, _tiny(seed=5))  # as init gives
         new_params, new_state, unused = pretrained.restore_subtree(fresh_params, fresh_state,
                                                                    loaded)
         assert unused == []
@@ -170,7 +169,7 @@ def test_subtree_restore_leaves_the_rest_alone_and_reports_extras(saved):
     backbone, backbone_state = _tiny(seed=3)
     del backbone["Dense_0"]
     before = np.array(backbone["conv_init"]["kernel"])  # a detection backbone has no classifier
-    head = {"kernel": jnp.full((8, 4), 2.0), "bias": jnp.zeros((4,))}
+    head = {"kernel": np.full((8, 4), 2.0, np.float32), "bias": np.zeros((4,), np.float32)}
     target = {"backbone": backbone, "head": head}
     target_state = {"batch_stats": {"backbone": backbone_state["batch_stats"]}}
     new_params, new_state, unused = pretrained.restore_subtree(target, target_state, loaded,
@@ -194,7 +193,7 @@ def test_shape_mismatch_missing_weights_and_missing_subtree_name_the_path(saved)
                                    {"batch_stats": {"backbone": wide_state["batch_stats"]}},
                                    loaded, subtree="backbone")
     params, model_state = _tiny(seed=0)
-    params["extra"] = {"kernel": np.zeros((3, 3))}
+    params["extra"] = {"kernel": np.zeros((3, 3), np.float32)}
     with pytest.raises(ValueError, match="have nothing for params/extra/kernel"):
         pretrained.restore_subtree(params, model_state, loaded)
     with pytest.raises(ValueError, match="have no subtree 'backbone'"):

@@ -20,12 +20,13 @@ def test_eight_devices_equal_one_device_dp_and_fsdp():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = _result(proc.stdout)
     assert out["n_devices"] == 8
-    for mode in ("dp", "fsdp"):
+    for mode in ("dp", "fsdp", "fsdp_4x2"):
         r = out[mode]
         np.testing.assert_allclose(r["loss_n"], r["loss_1"], rtol=1e-5)
         assert r["max_param_diff"] <= 1e-4 * max(1.0, r["param_scale"]), r
     assert out["dp"]["n_sharded"] == 0
     assert out["fsdp"]["n_sharded"] > 0  # FSDP really shards parameters over the data axis
+    assert out["fsdp_4x2"]["n_sharded"] > 0
 
 
 def _free_port():

@@ -8,7 +8,7 @@ from mlperf_jax.models import transformer as T
 
 
 def test_reference_parameter_count_without_allocating():
-    config = tb.get_config("reference")
+    config = tb.BENCHMARK.get_config("reference")
     shapes = jax.eval_shape(lambda r: tb.BENCHMARK.init(config, r)[0], jax.random.key(0))
     n = T.param_count(shapes)
     d, f, v, layers = 1024, 4096, 33708, 6
@@ -66,7 +66,7 @@ def test_attention_dropout_path_matches_fused_path_without_dropout():
 
 
 def test_bfloat16_compute_keeps_float32_logits():
-    config = tb.get_config("tiny")
+    config = tb.BENCHMARK.get_config("tiny")
     config.dtype = "bfloat16"
     x = jnp.ones((2, 16), jnp.int32)
 

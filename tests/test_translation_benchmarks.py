@@ -1,6 +1,7 @@
 """The Transformer and GNMT benchmark definitions: configs, logged hyperparameters against the
 0.7.0 compliance rules, BLEU on the tiny track, one train step on 8 fake devices == 1 device, and
 the time-to-train driver end to end on a shrunk tiny track."""
+import importlib
 import itertools
 import json
 import os
@@ -28,8 +29,9 @@ RULES = os.path.join(os.path.dirname(mlperf_logging.__file__), "compliance_check
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_and_configs(name):
     bench = benchmarks.get(name)
-    module = sys.modules[f"mlperf_jax.benchmarks.{name}"]
-    assert bench is module.BENCHMARK and bench.mlperf_name == name
+    assert bench is sys.modules[f"mlperf_jax.benchmarks.{name}"].BENCHMARK
+    assert bench.mlperf_name == name
+    module = importlib.import_module(f"mlperf_jax.configs.{name}")
     ref, tiny = module.get_config("reference"), module.get_config("tiny")
     for c in (ref, tiny):
         bench.check_config(c)
@@ -38,9 +40,11 @@ def test_registry_and_configs(name):
                     "dataset", "num_runs", "division"):
             assert key in c, key
     assert ref.division == "closed" and ref.dataset == "tfds" and ref.num_runs == 10
-    assert ref.target == {"transformer": 0.25, "gnmt": 0.24}[name]
+    assert ref.target is None  # the round's target
+    assert bench.target(ref).thresholds == {"bleu": {"transformer": 0.25, "gnmt": 0.24}[name]}
+    assert bench.target(ref, "v0.5").thresholds["bleu"] == {"transformer": 0.25,
+                                                            "gnmt": 0.218}[name]
     assert tiny.division == "open" and tiny.dataset == "synthetic" and tiny.target >= 0.25
-    assert bench.closed_division_violations(ref, module.get_config("reference")) == []
     # ... and the comparison can tell: a tunable hyperparameter may change, a fixed one may not
     tuned = module.get_config("reference")
     tuned.learning_rate, tuned.global_batch_size = 2 * ref.learning_rate, 2 * ref.global_batch_size
@@ -92,9 +96,10 @@ def test_tiny_bleu_and_loss(name):
     # perfect predictions score 1.0; padded rows (mask 0) do not count
     perfect = [{"predictions": e["targets"], "targets": e["targets"], "mask": e["mask"],
                 "index": e["index"]} for e in evals]
-    assert bench.eval_metric(config, perfect) == pytest.approx(1.0)
+    ctx = ds.eval_context()
+    assert bench.eval_metric(config, perfect, ctx) == {"bleu": pytest.approx(1.0)}
     empty = [dict(p, predictions=np.zeros_like(p["predictions"])) for p in perfect]
-    assert bench.eval_metric(config, empty) == 0.0
+    assert bench.eval_metric(config, empty, ctx) == {"bleu": 0.0}
     # partial credit, against sacrebleu on the texts: every other example loses its second
     # word, padded rows hold junk that must not count, and the batches arrive out of order
     vocab = synth.vocabulary()
@@ -118,11 +123,11 @@ def test_tiny_bleu_and_loss(name):
     want = sacrebleu.corpus_bleu([hyps[i] for i in order], [[refs[i] for i in order]],
                                  tokenize=str(config.bleu_tokenize)).score / 100
     assert 0.2 < want < 0.95  # a real partial score, not a corner case
-    assert bench.eval_metric(config, damaged[::-1]) == pytest.approx(want, rel=1e-9)
+    assert bench.eval_metric(config, damaged[::-1], ctx)["bleu"] == pytest.approx(want, rel=1e-9)
     # the loss is the label-smoothed cross-entropy minus its minimum, i.e. the mean over real
     # target tokens of KL(smoothed one-hot || softmax(logits)); computed here in float64
     params, state = bench.init(config, jax.random.key(0))
-    batch = next(ds.train_epoch(1, 0, None))
+    batch = next(ds.train_epoch(1, 0))
     loss, (_, metrics) = bench.loss_fn(config, params, state, batch, jax.random.key(1))
     logits = np.asarray(bench.logits(config, params, batch, jax.random.key(1), train=True), np.float64)
     logp = logits - logits.max(-1, keepdims=True)
@@ -166,7 +171,7 @@ MULTI_DEVICE = textwrap.dedent("""
         else:
             config.model.dropout_rate = 0.2
         ds = bench.data_source(config, None, seed=0, process_index=0, process_count=1)
-        batch = next(ds.train_epoch(1, 0, None))
+        batch = next(ds.train_epoch(1, 0))
         tx, _ = bench.optimizer(config, ds.steps_per_epoch)
         params, ms = bench.init(config, jax.random.key(0))
         opt = tx.init(params)
@@ -218,7 +223,7 @@ def test_driver_tiny_track_end_to_end(tmp_path):
     """The real driver on a shrunk tiny Transformer track: reaches its (lowered) target, stops,
     and writes a log the 0.7.0 checker accepts."""
     from mlperf_jax import train as T
-    config = tb.get_config("tiny")
+    config = tb.BENCHMARK.get_config("tiny")
     config.synthetic.num_train, config.synthetic.num_eval = 2048, 64
     config.eval_batch_size = 64
     config.beam_size = 2

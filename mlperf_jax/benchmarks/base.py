@@ -184,8 +184,16 @@ class Benchmark(abc.ABC):
         return None
 
     def pretrained_arch(self, config: ml_collections.ConfigDict) -> str:
-        """The torchvision architecture a ``.pth`` file for this benchmark holds."""
+        """The torchvision architecture a ``.pth`` file for this benchmark must hold ('' : any
+        the file says)."""
         return ""
+
+    def conv_impl(self, config: ml_collections.ConfigDict) -> str:
+        """The convolution implementation the model is built with (it names the parameters)."""
+        impl = config.get("conv_impl", "xla")
+        if impl == "auto":
+            impl = "matmul" if jax.default_backend() == "cpu" else "xla"
+        return impl
 
     # ---------------------------------------------------------------- evaluation
     @abc.abstractmethod

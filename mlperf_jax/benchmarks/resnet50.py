@@ -15,18 +15,15 @@ import numpy as np
 import optax
 
 from mlperf_jax.benchmarks.base import Benchmark, DataSource
+from mlperf_jax.input_pipelines.preprocessing import normalize
 
 IMAGENET_TRAIN = 1281167
 IMAGENET_EVAL = 50000
-MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 def _model(config: ml_collections.ConfigDict):
     from mlperf_jax.models import resnet
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    impl = config.get("conv_impl", "xla")
-    if impl == "auto":
-        impl = "matmul" if jax.default_backend() == "cpu" else "xla"
+    impl = BENCHMARK.conv_impl(config)
     if config.model == "resnet50":
         return resnet.ResNet50(num_classes=config.num_classes, dtype=dtype, conv_impl=impl)
     if config.model == "resnet_tiny":
@@ -34,11 +31,6 @@ def _model(config: ml_collections.ConfigDict):
                              num_filters=config.tiny_filters, num_classes=config.num_classes,
                              small_stem=True, dtype=dtype, conv_impl=impl)
     raise ValueError(f"unknown model {config.model!r}")
-
-
-def normalize(images: jax.Array) -> jax.Array:
-    """uint8 images travel to the device; normalisation happens there."""
-    return (images.astype(jnp.float32) - MEAN_RGB) / STDDEV_RGB
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -113,7 +105,7 @@ class ResNet50Benchmark(Benchmark):
     def loss_fn(self, config, params, model_state, batch, rng):
         model = _model(config)
         logits, new_state = model.apply({"params": params, **model_state},
-                                        normalize(batch["image"]), train=True,
+                                        normalize(batch["image"], "resnet50"), train=True,
                                         mutable=["batch_stats"])
         labels = jax.nn.one_hot(batch["label"], config.num_classes)
         labels = optax.smooth_labels(labels, config.label_smoothing)
@@ -148,6 +140,9 @@ class ResNet50Benchmark(Benchmark):
                 "lars_opt_learning_rate_warmup_epochs": config.warmup_epochs,
                 "lars_opt_momentum": config.momentum,
                 "lars_opt_weight_decay": config.weight_decay,
+                # the v0.6 names (ruleset 0.6.0 resnet.yaml); 0.7.0 ignores them
+                "opt_base_learning_rate": config.base_learning_rate,
+                "opt_learning_rate_warmup_epochs": config.warmup_epochs,
             })
         else:
             out.update({
@@ -166,7 +161,7 @@ class ResNet50Benchmark(Benchmark):
     # ------------------------------------------------------------------ eval
     def eval_step(self, config, params, model_state, batch):
         logits = _model(config).apply({"params": params, **model_state},
-                                      normalize(batch["image"]), train=False)
+                                      normalize(batch["image"], "resnet50"), train=False)
         mask = batch["mask"].astype(jnp.float32)
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         return {"correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}

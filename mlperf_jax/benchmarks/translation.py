@@ -130,7 +130,7 @@ class TranslationBenchmark(Benchmark, abc.ABC):
         if config.dataset == "synthetic":
             return None
         from mlperf_jax.input_pipelines import wmt
-        return wmt.prepare(config, data_dir)
+        return wmt.prepare(config, data_dir, process_count=jax.process_count())
 
     def fake_train_batch(self, config, rng: np.random.Generator) -> Batch:
         """Random sentence pairs shaped like the real pipeline's batches: WMT-like lengths

@@ -21,7 +21,7 @@ from mlperf_jax import results as results_lib
 from mlperf_jax import sharding as sharding_lib
 from mlperf_jax.benchmarks.base import Benchmark, Target
 from mlperf_jax.driver.compile import Compiled, compile_benchmark, copy_tree
-from mlperf_jax.driver.options import Callbacks, DivergedError, RunOptions
+from mlperf_jax.driver.options import Callbacks, DivergedError, RunOptions, UserError
 
 PyTree = Any
 K = mllog_lib.constants
@@ -62,19 +62,50 @@ def _platform_name() -> str:
     return f"{len(d)}x{d[0].device_kind}".replace(" ", "_")
 
 
+def log_submission(log: mllog_lib.RunLogger, bench: Benchmark, config: ml_collections.ConfigDict,
+                   opts: RunOptions, division: str, seed: int) -> None:
+    """``cache_clear``, ``init_start`` and the submission keys: the head of every run's log."""
+    log.event(K.CACHE_CLEAR, True)
+    log.start(K.INIT_START)
+    log.event(K.SUBMISSION_BENCHMARK, bench.mlperf_name)
+    log.event(K.SUBMISSION_ORG, opts.submission_org)
+    log.event(K.SUBMISSION_DIVISION, division)
+    log.event(K.SUBMISSION_STATUS, opts.submission_status)
+    platform = opts.submission_platform or _platform_name()
+    log.event(K.SUBMISSION_PLATFORM, platform)
+    if opts.log_format == "v0.6":  # ruleset 0.6.0 wants these two as well
+        log.event("submission_poc_name", opts.submission_poc_name or opts.submission_org)
+        log.event("submission_entry", platform)
+    log.event(K.SEED, seed)
+    log.event(K.GLOBAL_BATCH_SIZE, int(config.global_batch_size))
+
+
+def log_hparams(log: mllog_lib.RunLogger, bench: Benchmark, config: ml_collections.ConfigDict,
+                steps_per_epoch: int) -> None:
+    """The benchmark's hyperparameter keys, as its ruleset names them."""
+    for key, value in bench.hparams_to_log(config, steps_per_epoch).items():
+        _log_value(log, key, value)
+    log.event(K.GRADIENT_ACCUMULATION_STEPS, 1)
+
+
 def _restore_pretrained(bench: Benchmark, config: ml_collections.ConfigDict, state,
                         compiled: Compiled, print_fn) -> Any:
     """``--config.pretrained=PATH``: the named subtree of the fresh parameters (and BatchNorm
     statistics) from an orbax checkpoint of ours or a torchvision state dict."""
     from mlperf_jax import pretrained
     subtree = bench.pretrained_subtree(config)
-    loaded = pretrained.load(str(config.pretrained), arch=bench.pretrained_arch(config))
-    params, model_state = pretrained.restore_subtree(
-        to_host(state.params), to_host(state.model_state), subtree=subtree, loaded=loaded)
+    try:
+        loaded = pretrained.load(str(config.pretrained), arch=bench.pretrained_arch(config) or None,
+                                 conv_impl=bench.conv_impl(config))
+        params, model_state, unused = pretrained.restore_subtree(
+            to_host(state.params), to_host(state.model_state), loaded, subtree=subtree)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        raise UserError(f"--config.pretrained={config.pretrained}: {e}") from None
     state = state.replace(
         params=jax.device_put(params, compiled.state_sharding.params),
         model_state=jax.device_put(model_state, compiled.state_sharding.model_state))
-    print_fn(f"pretrained weights for '{subtree or '(all)'}' from {config.pretrained}")
+    print_fn(f"pretrained weights for '{subtree or '(all)'}' from {loaded.source}"
+             + (f" ({len(unused)} unused tensors, e.g. {unused[0]})" if unused else ""))
     return state
 
 
@@ -96,24 +127,14 @@ def run_once(bench: Benchmark, config: ml_collections.ConfigDict, opts: RunOptio
         jax.clear_caches()
         t_init = time.perf_counter()
         if not resuming:
-            log.event(K.CACHE_CLEAR, True)
-            log.start(K.INIT_START)
-            log.event(K.SUBMISSION_BENCHMARK, bench.mlperf_name)
-            log.event(K.SUBMISSION_ORG, opts.submission_org)
-            log.event(K.SUBMISSION_DIVISION, division)
-            log.event(K.SUBMISSION_STATUS, opts.submission_status)
-            log.event(K.SUBMISSION_PLATFORM, opts.submission_platform or _platform_name())
-            log.event(K.SEED, seed)
-            log.event(K.GLOBAL_BATCH_SIZE, int(config.global_batch_size))
+            log_submission(log, bench, config, opts, division, seed)
 
         data = bench.data_source(config, opts.data_dir, seed=seed,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
         spe = data.steps_per_epoch
         if not resuming:
-            for key, value in bench.hparams_to_log(config, spe).items():
-                _log_value(log, key, value)
-            log.event(K.GRADIENT_ACCUMULATION_STEPS, 1)
+            log_hparams(log, bench, config, spe)
         compiled = compile_benchmark(bench, config, mesh, spe, data.train_spec, data.eval_spec,
                                      fsdp=opts.fsdp)
         base_rng = jax.random.key(seed)

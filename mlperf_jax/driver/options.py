@@ -33,6 +33,7 @@ class RunOptions:
     submission_org: str = "mlperf_jax"
     submission_platform: str = ""
     submission_status: str = "research"
+    submission_poc_name: str = ""     # v0.6 logs only (default: the org)
     progress: bool = True
     config_name: str = ""
 

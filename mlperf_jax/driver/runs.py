@@ -68,7 +68,7 @@ def resolve(bench: Benchmark, config: ml_collections.ConfigDict, opts: RunOption
         raise UserError(f"--log_format must be one of {', '.join(LOG_FORMATS)}, got "
                         f"{opts.log_format!r}")
     try:
-        rnd = opts.round or rounds_lib.default_round(bench.name)
+        rnd = opts.round or _default_round(bench.name)
         target = bench.target(config, rnd)
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -92,6 +92,14 @@ def resolve(bench: Benchmark, config: ml_collections.ConfigDict, opts: RunOption
             raise UserError(f"config.{key}={config[key]} must be divisible by the {n_data} "
                             "data-parallel devices")
     return Resolved(division, rnd, bad, target.describe())
+
+
+def _default_round(name: str) -> str:
+    """The newest round that has the benchmark (a benchmark of no round: the default round)."""
+    try:
+        return rounds_lib.default_round(name)
+    except ValueError:
+        return rounds_lib.DEFAULT_ROUND
 
 
 def validate(bench: Benchmark, config: ml_collections.ConfigDict, opts: RunOptions) -> Resolved:
