@@ -130,3 +130,20 @@ def test_pretrained_weights_fill_the_named_subtree_before_the_clock(tmp_path):
     with pytest.raises(T.UserError, match="nope.pth"):
         T.train(FineTune(), missing, _opts(tmp_path / "d", checkpoint=False),
                 print_fn=lambda s: None)
+
+
+def test_explicit_eval_epochs(tmp_path):
+    """``config.eval_epochs`` (SSD's reference evaluates at fixed epochs): evals there and at the
+    end of the budget, and blocks sized to match."""
+    bench = TwoMetric()
+    config = bench.get_config("tiny")
+    config.num_epochs, config.learning_rate = 6, 0.001  # too slow to reach 0.9 in 6 epochs
+    config.eval_epochs = (2, 5)
+    r = T.train(bench, config, _opts(tmp_path), print_fn=lambda s: None).runs[0]
+    assert r.status == "aborted"
+    recs = _records(r.log_path)
+    assert [x["metadata"]["epoch_num"] for x in recs if x["key"] == "eval_accuracy"] == [2, 5, 6]
+    blocks = [{k: x["metadata"][k] for k in ("first_epoch_num", "epoch_count")}
+              for x in recs if x["key"] == "block_start"]
+    assert blocks == [{"first_epoch_num": 1, "epoch_count": 2}, {"first_epoch_num": 3,
+                      "epoch_count": 3}, {"first_epoch_num": 6, "epoch_count": 1}]

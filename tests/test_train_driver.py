@@ -74,10 +74,12 @@ def test_closed_division_log_keys_pass_closed_rules(tmp_path):
     config = tiny_resnet_config(num_epochs=1)
     config.division = "closed"
     config.dataset = "synthetic"
-    bench = T.benchmarks_lib.get("resnet50")
+    from mlperf_jax import benchmarks, sharding
+    from mlperf_jax.driver.loop import run_once
+    bench = benchmarks.get("resnet50")
     opts = _opts(tmp_path, num_runs=1, checkpoint=False)
-    mesh = T.sharding_lib.make_mesh()
-    r, _ = T.run_once(bench, config, opts, run=0, seed=3, mesh=mesh,
+    mesh = sharding.make_mesh()
+    r, _ = run_once(bench, config, opts, run=0, seed=3, mesh=mesh,
                       log_path=str(tmp_path / "result_0.txt"), ckpt_dir=None)
     out = compliance(r.log_path)
     text = out.stdout + out.stderr
