@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError
 from mlperf_jax.input_pipelines import preprocessing
 
 NAME = "imagenet2012"

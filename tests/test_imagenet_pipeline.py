@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mlperf_jax.benchmarks.base import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError
 from mlperf_jax.input_pipelines import imagenet
 
 

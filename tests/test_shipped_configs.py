@@ -91,3 +91,21 @@ def test_v06_line_format_passes_ruleset_060(tmp_path, name):
     assert open(path).read().startswith(":::MLL ")
     code, out = _check(path, rounds.checker_ruleset("v0.6"))
     assert code == 0, out
+
+
+def test_driver_writes_v06_lines_that_pass_ruleset_060(tmp_path):
+    """The driver end to end with --round=v0.6 --log_format=v0.6 (a shrunk Transformer tiny
+    track): the log is :::MLL lines with the keys 0.6.0 wants, and the checker accepts it."""
+    from mlperf_jax import train as T
+    bench = benchmarks.get("transformer")
+    config = bench.get_config("tiny")
+    config.synthetic.num_train, config.synthetic.num_eval = 2048, 64
+    config.eval_batch_size, config.beam_size, config.target, config.num_epochs = 64, 2, 0.30, 6
+    opts = T.RunOptions(workdir=str(tmp_path), progress=False, config_name="tiny", num_runs=1,
+                        checkpoint=False, round="v0.6", log_format="v0.6")
+    run = T.train(bench, config, opts, print_fn=lambda s: None).runs[0]
+    assert run.status == "success", run.reason
+    text = open(run.log_path).read()
+    assert text.startswith(":::MLL ") and "submission_poc_name" in text
+    code, out = _check(run.log_path, "0.6.0")
+    assert code == 0, out
