@@ -50,6 +50,21 @@ def test_two_metric_target_needs_both_and_logs_a_dict(tmp_path):
     assert code == 0, out
     with open(res.results_path) as f:
         assert json.load(f)["target"]["thresholds"] == {"BBOX": 0.9, "SEGM": 0.9}
+    # killed after the final eval was checkpointed but before the result was recorded: resuming
+    # finds the target already reached and trains no further
+    os.remove(tmp_path / "run_0" / "result.json")
+    lines = open(r.log_path).read().splitlines(True)
+    assert '"run_stop"' in lines[-1]
+    open(r.log_path, "w").write("".join(lines[:-1]))  # the kill came before run_stop
+    again = T.train(bench, bench.get_config("tiny"), _opts(tmp_path), print_fn=lambda s: None)
+    r2 = again.runs[0]
+    assert r2.status == "success" and r2.resumed == 1
+    assert r2.epochs == r.epochs and r2.samples == r.samples
+    assert r2.time_to_train_s >= r.time_to_train_s * 0.5
+    keys = [x["key"] for x in _records(r.log_path)]
+    assert keys.count("run_stop") == 1 and keys[-2:] == ["run_resumed", "run_stop"]
+    code, out = _checker(r.log_path)
+    assert code == 0, out
 
 
 def _self_play(tmp_path, record, callbacks=None, **kw):

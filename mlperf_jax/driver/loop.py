@@ -212,6 +212,9 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
     epochs_done = float(start_epoch - 1)
     if start_skip:
         epochs_done += start_skip / data.steps_in_epoch(start_epoch)
+    if resumed and start_skip == 0 and last_metrics and target.reached(last_metrics):
+        # killed after the eval that reached the target was checkpointed: the run is over
+        status, reason, start_epoch = "success", "", num_epochs + 1
     try:
         for epoch in range(start_epoch, num_epochs + 1):
             skip = start_skip if epoch == start_epoch else 0
