@@ -13,7 +13,9 @@ This module depends on nothing of the benchmark contract, so that pipelines (``w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+import queue
+import threading
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -75,3 +77,60 @@ def global_spec(per_host: dict[str, tuple[tuple[int, ...], Any]], process_count:
     import jax
     return {k: jax.ShapeDtypeStruct((s[0] * process_count,) + tuple(s[1:]), d)
             for k, (s, d) in per_host.items()}
+
+
+class Once:
+    """A value computed on first use, once, under a lock (prefetch threads may ask together)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._fn, self._lock, self._done, self._value = fn, threading.Lock(), False, None
+
+    def __call__(self):
+        if not self._done:
+            with self._lock:
+                if not self._done:
+                    self._value = self._fn()
+                    self._done = True
+        return self._value
+
+
+def prefetch(it: Iterable, size: int = 4, *, name: str | None = None) -> Iterator:
+    """Iterate ``it`` on a thread, ``size`` items ahead (0: inline); its errors raise here."""
+    if size <= 0:
+        yield from it
+        return
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer went away: let the thread end
+
+    def work():
+        try:
+            for x in it:
+                if not put(x):
+                    return
+        except BaseException as e:  # surfaced in the consumer
+            put(e)
+        finally:
+            put(done)
+
+    t = threading.Thread(target=work, daemon=True, name=name)
+    t.start()
+    try:
+        while True:
+            x = q.get()
+            if x is done:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()

@@ -172,8 +172,9 @@ def test_missing_data_says_where_and_how(tmp_path):
 
 def test_prefetch_thread_ends_when_the_consumer_stops():
     import threading
+    from mlperf_jax.input_pipelines.source import prefetch  # wmt's and movielens's batch thread
     before = threading.active_count()
-    it = wmt._prefetch(iter(range(1000)), size=2)
+    it = prefetch(iter(range(1000)), size=2)
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     it.close()
     import time
