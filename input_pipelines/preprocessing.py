@@ -1,4 +1,4 @@
-"""ImageNet evaluation preprocessing: one convention per model family, shared by training and inference.
+"""Image preprocessing: one convention per model family, shared by training and inference.
 
 Training's eval pipeline (``imagenet.py``), the inference QSL (``inference/qsl.py``), the SUT
 (``inference/sut.py``) and the training step all call these functions, so a model is always
@@ -25,6 +25,28 @@ Sources (the MLPerf references, not torchvision):
   the accuracy the inference harness measures for the same weights.
 - cv2.imread decodes JPEG with libjpeg's accurate integer DCT (ISLOW); TF's default is the fast
   one, up to 4 levels off on most pixels, hence ``dct_method="INTEGER_ACCURATE"``.
+
+Detection (SSD) resizes the whole image to ``size`` x ``size``, ignoring the aspect ratio (no
+crop): ``detection_image`` on the host, the same ``normalize`` on the device.
+
+| model | resize to S x S | uint8 -> float |
+|---|---|---|
+| ssd (training, SSD300-ResNet34) | bilinear, antialiased | ``/255``, torchvision mean/std |
+| ssd-resnet34 (inference, 1200) | bilinear, antialiased | as ssd |
+| ssd-mobilenet (inference, 300) | bilinear, no antialias | ``(x - 127.5) / 127.5`` |
+
+Sources: the training reference (mlcommons/training ``single_stage_detector/ssd/utils.py``
+``SSDTransformer``) resizes PIL images with torchvision's bilinear ``Resize`` (PIL antialiases
+when it shrinks) and normalises with mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) after
+``ToTensor``'s /255. The inference reference (``python/dataset.py``) has
+``pre_process_coco_resnet34`` (``cv2.resize``, INTER_LINEAR, to 1200, then the same /255 and
+mean/std) and ``pre_process_coco_pt_mobilenet`` (``(x - 127.5) / 127.5``; the TF graph fed by
+``pre_process_coco_mobilenet`` computes ``2x/255 - 1`` inside the model, the same), the latter on
+images resized beforehand to 300 with cv2 INTER_LINEAR (``tools/upscale_coco``). COCO images
+are at most 640 pixels, so the 1200 resize only enlarges, where antialiasing changes nothing
+and TF's bilinear is cv2's; the 300 resize shrinks: antialiased for our training (as PIL), not
+for ssd-mobilenet (as cv2). The mean and std are stored in uint8 units (x 255) so that
+``normalize`` stays one subtraction and one division.
 
 Our TF resize matches cv2's within one grey level (tested in ``tests/test_preprocessing.py``).
 TensorFlow is imported inside the host functions only, so the SUT and the training step can use
@@ -53,11 +75,24 @@ class Convention:
     resize_method: str  # tf.image.resize method
     mean: tuple[float, float, float]  # RGB, subtracted from uint8 values
     std: tuple[float, float, float]  # RGB, divides after the subtraction
+    antialias: bool = False  # tf.image.resize antialias (matters only when shrinking)
+    task: str = "classification"  # "classification": resize + central crop; "detection": resize
+
+
+# torchvision's ImageNet statistics, in uint8 units (x 255)
+_TORCH_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_TORCH_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 CONVENTIONS: dict[str, Convention] = {
     "resnet50": Convention("area", (123.68, 116.78, 103.94), (1.0, 1.0, 1.0)),
     "mobilenet": Convention("bilinear", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    # detection: whole-image resize to S x S (see the module docstring)
+    "ssd": Convention("bilinear", _TORCH_MEAN, _TORCH_STD, antialias=True, task="detection"),
+    "ssd-resnet34": Convention("bilinear", _TORCH_MEAN, _TORCH_STD, antialias=True,
+                               task="detection"),
+    "ssd-mobilenet": Convention("bilinear", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5),
+                                task="detection"),
 }
 MODELS = tuple(CONVENTIONS)
 
@@ -67,8 +102,16 @@ def convention(model: str) -> Convention:
     try:
         return CONVENTIONS[model]
     except KeyError:
-        raise ValueError(f"no ImageNet preprocessing for {model!r}; expected one of "
+        raise ValueError(f"no image preprocessing for {model!r}; expected one of "
                          f"{', '.join(MODELS)}") from None
+
+
+def _convention_for(model: str, task: str) -> Convention:
+    c = convention(model)
+    if c.task != task:
+        names = ", ".join(m for m, k in CONVENTIONS.items() if k.task == task)
+        raise ValueError(f"{model!r} is a {c.task} convention, not {task}; expected one of {names}")
+    return c
 
 
 def resize_target(size: int) -> int:
@@ -107,7 +150,7 @@ def resize_and_crop(image: "tf.Tensor | np.ndarray", model: str, size: int = 224
     """
     import tensorflow as tf
 
-    method = convention(model).resize_method
+    method = _convention_for(model, "classification").resize_method
     image = tf.convert_to_tensor(image)
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
@@ -126,3 +169,23 @@ def resize_and_crop(image: "tf.Tensor | np.ndarray", model: str, size: int = 224
 def eval_image(image_bytes: "tf.Tensor | bytes", model: str, size: int = 224) -> "tf.Tensor":
     """Encoded image -> the uint8 ``size`` x ``size`` x 3 crop ``model`` is evaluated on."""
     return resize_and_crop(decode(image_bytes), model, size)
+
+
+def resize_detection(image: "tf.Tensor | np.ndarray", model: str, size: int) -> "tf.Tensor":
+    """uint8 (or float) HWC of any size -> uint8 ``size`` x ``size`` x 3, aspect ratio ignored.
+
+    The detection models' resize (SSD: training, eval and inference alike); values are rounded
+    half up and clipped. Graph-safe (tf.data).
+    """
+    import tensorflow as tf
+
+    c = _convention_for(model, "detection")
+    image = tf.convert_to_tensor(image)
+    resized = tf.image.resize(image, [size, size], method=c.resize_method, antialias=c.antialias)
+    resized = tf.ensure_shape(resized, [size, size, 3])
+    return tf.cast(tf.clip_by_value(tf.floor(resized + 0.5), 0, 255), tf.uint8)
+
+
+def detection_image(image_bytes: "tf.Tensor | bytes", model: str, size: int) -> "tf.Tensor":
+    """Encoded image -> the uint8 ``size`` x ``size`` x 3 input of detection model ``model``."""
+    return resize_detection(decode(image_bytes), model, size)

@@ -3,11 +3,19 @@
     python -m mlperf_jax.infer --benchmark=resnet50 --scenario=Offline --mode=performance \
         [--user_conf=user.conf] [--data_dir=DIR] [--checkpoint_dir=WORKDIR] [--outdir=DIR]
 
-Without --data_dir a synthetic QSL (random 224x224 images) is used, and said; without
---checkpoint_dir the weights are random, and said.  Images are preprocessed by the benchmark's
-convention in ``input_pipelines/preprocessing.py`` (resnet50: area resize, mean subtraction;
-mobilenet: bilinear resize, [-1, 1]), the same functions training's evaluation uses.  Every
-user error is one line on stderr and exit status 2.
+Benchmarks (MLPerf Inference v0.5): resnet50 and mobilenet (ImageNet classification),
+ssd-mobilenet (SSD-MobileNet-v1, COCO at 300x300) and ssd-resnet34 (SSD-ResNet34, COCO at
+1200x1200).  Without --data_dir a synthetic QSL (random images at the model's input size) is
+used, and said; without --checkpoint_dir the weights are random, and said.  Classification images
+are preprocessed by the benchmark's convention in ``input_pipelines/preprocessing.py`` (resnet50:
+area resize, mean subtraction; mobilenet: bilinear resize, [-1, 1]), the same functions training's
+evaluation uses.  Detection reads COCO val2017 in the MLPerf layout (``annotations/
+instances_val2017.json`` + ``val2017/``; qsl index = position in the json's ``images``), resizes
+to the model's input (``inference/coco_qsl.py``), runs the SSD and its NMS on the device
+(``inference/detection_sut.py``) and answers float32 ``[qsl_idx, ymin, xmin, ymax, xmax, score,
+coco_category]`` groups, which ``scripts/accuracy_coco.py`` (like the official accuracy-coco.py)
+scores.  ``--model=ssd_tiny`` swaps in the tiny SSD (64x64) for tests.  Every user error is one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,7 +26,11 @@ import time
 
 from absl import app, flags
 
-BENCHMARKS = ("resnet50", "mobilenet")
+BENCHMARKS = ("resnet50", "mobilenet", "ssd-mobilenet", "ssd-resnet34")
+# Detection benchmark -> its MLPerf model (models/ssd.py) and the number of classes of its label
+# space (ssd-mobilenet: the TF model's 91 = COCO category ids; ssd-resnet34: 81 contiguous labels).
+DETECTION = {"ssd-mobilenet": ("ssd300_mobilenet_v1", 91), "ssd-resnet34": ("ssd1200_resnet34", 81)}
+TEST_MODELS = ("ssd_tiny",)
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 MODES = {"accuracy": "AccuracyOnly", "performance": "PerformanceOnly", "submission": "SubmissionRun",
          "find_peak": "FindPeakPerformance"}
@@ -28,7 +40,8 @@ flags.DEFINE_string("benchmark", None, f"One of {', '.join(BENCHMARKS)}.")
 flags.DEFINE_string("scenario", "Offline", f"One of {', '.join(SCENARIOS)}.")
 flags.DEFINE_string("mode", "performance", f"One of {', '.join(MODES)}.")
 flags.DEFINE_string("user_conf", None, "user.conf (model.Scenario.key = value), applied after mlperf.conf.")
-flags.DEFINE_string("data_dir", None, "ImageNet validation set in the MLPerf layout (val_map.txt + JPEGs).")
+flags.DEFINE_string("data_dir", None, "The validation set in the MLPerf layout: ImageNet (val_map.txt + JPEGs) "
+                    "or COCO 2017 (annotations/instances_val2017.json + val2017/).")
 flags.DEFINE_string("checkpoint_dir", None, "An orbax checkpoint directory written by training "
                     "(WORKDIR/run_N/checkpoints); its latest step is loaded.")
 flags.DEFINE_string("outdir", "inference_results", "Where the mlperf_log_* files go.")
@@ -36,7 +49,10 @@ flags.DEFINE_list("batch_sizes", ["1", "2", "4", "8", "16", "32"], "Batch sizes 
 flags.DEFINE_float("batch_timeout_ms", None, "Server dynamic batching: wait at most this long for a batch "
                    "to fill (default 2 ms for Server, 0 otherwise).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_integer("image_size", 224, "Input resolution (224 for the MLPerf models).")
+flags.DEFINE_integer("image_size", None, "Input resolution (default: the model's; 224 for the classifiers; "
+                     "the SSDs take only their own: 300, 1200, 64 for ssd_tiny).")
+flags.DEFINE_string("model", None, "Detection only: the SSD of models/ssd.py (default: the benchmark's MLPerf "
+                    "model; 'ssd_tiny' is a 64x64 test model, not an MLPerf one).")
 flags.DEFINE_float("width_multiplier", 1.0, "MobileNet width multiplier (1.0 for MLPerf).")
 flags.DEFINE_integer("total_sample_count", None, "Limit the QSL to this many samples (debugging).")
 flags.DEFINE_integer("min_duration_ms", None, "Override min_duration (not valid for submission).")
@@ -92,10 +108,52 @@ def make_qsl(data_dir: str | None, image_size: int, count: int | None, benchmark
     return SyntheticImageQSL(image_size=image_size, total=count or 50_000), "synthetic"
 
 
-def run(argv_unused=None) -> int:
-    from mlperf_jax import loadgen as lg
+def make_detection_qsl(data_dir: str | None, image_size: int, count: int | None, benchmark: str):
+    from mlperf_jax.inference import CocoQSL, SyntheticDetectionQSL, coco_qsl, find_coco_val
+    psc = coco_qsl.DETECTION_BENCHMARKS[benchmark]["performance_sample_count"]
+    if data_dir:
+        root = find_coco_val(data_dir)
+        if root is None:
+            raise UserError(f"--data_dir: no COCO 2017 validation set under {os.path.abspath(data_dir)} "
+                            "(looked for annotations/instances_val2017.json in ., coco/, coco2017/); prepare "
+                            "it as the MLPerf reference does: val2017/ with the 5,000 JPEGs plus "
+                            "annotations/instances_val2017.json")
+        try:
+            qsl = CocoQSL(root, preprocessing=benchmark, image_size=image_size, count=count,
+                          performance_sample_count=psc)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise UserError(f"--data_dir: {e}") from None
+        return qsl, f"COCO {root}"
+    _say(f"WARNING: no --data_dir: using a SYNTHETIC QSL of random {image_size}x{image_size} images; "
+         "accuracy results are meaningless.")
+    return (SyntheticDetectionQSL(image_size=image_size, total=count or coco_qsl.COCO_VAL_COUNT,
+                                  performance_sample_count=psc, preprocessing=benchmark), "synthetic")
 
-    bench = FLAGS.benchmark
+
+def build_detector(benchmark: str, model_name: str | None, dtype: str):
+    """(SSD module, anchors [N, 4] cy cx h w, input size, model name) for a detection benchmark."""
+    import jax.numpy as jnp
+    import numpy as np
+    from mlperf_jax.models import ssd
+    default, num_classes = DETECTION[benchmark]
+    name = model_name or default
+    if name not in (default, *TEST_MODELS):
+        raise UserError(f"--model={name}: {benchmark} runs {default} (or {', '.join(TEST_MODELS)} for tests)")
+    if name != default:
+        _say(f"WARNING: --model={name}: a TEST model, not the MLPerf {benchmark} model ({default}); "
+             "results are not MLPerf results.")
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    overrides = {"dtype": dt} if name == default else {"dtype": dt, "num_classes": num_classes}
+    module, boxes = ssd.ssd_model(name, **overrides)
+    if isinstance(boxes, np.ndarray) or not hasattr(boxes, "feature_sizes"):
+        anchors = np.asarray(boxes, np.float32)
+    else:
+        from mlperf_jax.models import ssd_boxes
+        anchors = np.asarray(ssd_boxes.default_boxes(boxes), np.float32)
+    return module, anchors, int(module.input_size), name
+
+
+def _check_flags(bench: str) -> list[int]:
     if bench is None:
         raise UserError(f"--benchmark is required (one of {', '.join(BENCHMARKS)})")
     if bench not in BENCHMARKS:
@@ -110,14 +168,18 @@ def run(argv_unused=None) -> int:
         raise UserError(f"--batch_sizes={','.join(FLAGS.batch_sizes)}: expected integers") from None
     if not batch_sizes or min(batch_sizes) < 1:
         raise UserError("--batch_sizes: every batch size must be >= 1")
-    if FLAGS.image_size < 32:
+    if FLAGS.image_size is not None and FLAGS.image_size < 32:
         raise UserError(f"--image_size={FLAGS.image_size}: must be >= 32")
+    if FLAGS.model is not None and bench not in DETECTION:
+        raise UserError(f"--model={FLAGS.model}: only for the detection benchmarks ({', '.join(DETECTION)})")
     if FLAGS.user_conf and not os.path.isfile(FLAGS.user_conf):
         raise UserError(f"--user_conf: no file at {os.path.abspath(FLAGS.user_conf)}")
     if FLAGS.total_sample_count is not None and FLAGS.total_sample_count < 1:
         raise UserError("--total_sample_count: must be >= 1")
+    return batch_sizes
 
-    scenario = FLAGS.scenario
+
+def _settings(lg, bench: str, scenario: str):
     settings = lg.TestSettings(scenario=lg.TestScenario[scenario], mode=lg.TestMode[MODES[FLAGS.mode]])
     settings.from_config(FLAGS.user_conf, bench, scenario)
     settings.mode = lg.TestMode[MODES[FLAGS.mode]]  # the flag wins over a 'mode' key
@@ -138,24 +200,89 @@ def run(argv_unused=None) -> int:
     settings.validate()
     if overridden:
         _say(f"note: {', '.join(overridden)} overridden on the command line; not a valid submission setting.")
+    return settings
 
-    qsl, qsl_desc = make_qsl(FLAGS.data_dir, FLAGS.image_size, FLAGS.total_sample_count, bench)
+
+def _build_sut(bench: str, batch_sizes: list[int], timeout: float):
+    """(sut, qsl, qsl description, weights description) for ``bench``."""
+    import jax
+    name = f"mlperf_jax-{bench}-{jax.default_backend()}"
+    if bench in DETECTION:
+        from mlperf_jax.inference import DetectionSUT, detection_sut, ssd_detect_fn
+        module, anchors, size, model_name = build_detector(bench, FLAGS.model, FLAGS.dtype)
+        if FLAGS.image_size is not None and FLAGS.image_size != size:
+            raise UserError(f"--image_size={FLAGS.image_size}: {model_name} takes {size}x{size} images only "
+                            f"(--model={TEST_MODELS[0]} is the small test model)")
+        qsl, qsl_desc = make_detection_qsl(FLAGS.data_dir, size, FLAGS.total_sample_count, bench)
+        variables, var_desc = load_variables(module, FLAGS.checkpoint_dir, size)
+        variables = {k: v for k, v in variables.items() if k != "intermediates"}  # sown feature maps
+        # ssd-mobilenet's TF model answers in COCO category ids (91 classes); ssd-resnet34's labels
+        # 1..80 are the 80 COCO categories in id order (the reference's label map from
+        # instances_val2017.json): a property of the model, not of the annotation file at hand.
+        table = None
+        if bench == "ssd-resnet34":
+            from mlperf_jax.inference.coco_qsl import COCO_CATEGORY_IDS, label_table
+            table = label_table(COCO_CATEGORY_IDS)
+            if len(table) != module.num_classes:
+                raise UserError(f"{model_name} has {module.num_classes} classes; {bench} needs {len(table)}")
+        detect = ssd_detect_fn(module, anchors, **detection_sut.POSTPROCESS[bench])
+        sut = DetectionSUT(detect, variables, qsl, preprocessing=bench, image_size=size, label_to_category=table,
+                           batch_sizes=batch_sizes, batch_timeout_ms=timeout, name=name)
+        return sut, qsl, qsl_desc, f"{var_desc} ({model_name})"
+    from mlperf_jax.inference import ClassifierSUT
+    size = FLAGS.image_size or 224
+    qsl, qsl_desc = make_qsl(FLAGS.data_dir, size, FLAGS.total_sample_count, bench)
     model = build_model(bench, FLAGS.dtype, FLAGS.width_multiplier)
-    variables, var_desc = load_variables(model, FLAGS.checkpoint_dir, FLAGS.image_size)
+    variables, var_desc = load_variables(model, FLAGS.checkpoint_dir, size)
+    sut = ClassifierSUT(model.apply, variables, qsl, preprocessing=bench, image_size=size,
+                        batch_sizes=batch_sizes, batch_timeout_ms=timeout, name=name)
+    return sut, qsl, qsl_desc, var_desc
+
+
+def _report_accuracy(bench: str, qsl, qsl_desc: str) -> None:
+    path = os.path.join(FLAGS.outdir, "mlperf_log_accuracy.json")
+    meaningless = qsl_desc == "synthetic" or not FLAGS.checkpoint_dir
+    extra = " (synthetic data / random weights: meaningless)" if meaningless else ""
+    if bench in DETECTION:
+        from mlperf_jax.inference import coco_accuracy
+        if qsl_desc == "synthetic":
+            from mlperf_jax.inference import accuracy
+            entries = accuracy.read_accuracy_log(path)
+            n = sum(len(e["data"]) // 56 for e in entries)  # 7 float32 = 28 bytes = 56 hex digits
+            print(f"infer: {len({e['qsl_idx'] for e in entries})} samples, {n} detections; no mAP "
+                  "without annotations (synthetic QSL)")
+            return
+        m, counts = coco_accuracy.evaluate_log(path, qsl.annotation_file)
+        tgt = coco_accuracy.target_map(bench)
+        print(f"infer: mAP={100 * m:.3f}% over {counts['images']} images ({counts['detections']} detections); "
+              f"target {tgt:.3f}%: {'PASS' if 100 * m >= tgt else 'FAIL'}{extra}")
+        return
+    from mlperf_jax.inference import accuracy
+    entries = accuracy.read_accuracy_log(path)
+    acc, good, total = accuracy.top1(entries, qsl.labels)
+    tgt = accuracy.target_top1(bench)
+    print(f"infer: accuracy={acc:.3f}%, good={good}, total={total}; target {tgt:.3f}%: "
+          f"{'PASS' if acc >= tgt else 'FAIL'}{extra}")
+
+
+def run(argv_unused=None) -> int:
+    from mlperf_jax import loadgen as lg
+
+    bench = FLAGS.benchmark
+    batch_sizes = _check_flags(bench)
+    scenario = FLAGS.scenario
+    settings = _settings(lg, bench, scenario)
 
     import jax
-    from mlperf_jax.inference import ClassifierSUT
     timeout = FLAGS.batch_timeout_ms
     if timeout is None:
         timeout = 2.0 if scenario == "Server" else 0.0
     if scenario in ("SingleStream",):
         batch_sizes = [1] + batch_sizes
+    t0 = time.perf_counter()
+    sut, qsl, qsl_desc, var_desc = _build_sut(bench, batch_sizes, timeout)
     print(f"infer: {bench} {scenario} {FLAGS.mode}; QSL: {qsl_desc}; weights: {var_desc}; "
           f"{len(jax.local_devices())} {jax.default_backend()} device(s)", flush=True)
-    t0 = time.perf_counter()
-    sut = ClassifierSUT(model.apply, variables, qsl, preprocessing=bench, image_size=FLAGS.image_size,
-                        batch_sizes=batch_sizes, batch_timeout_ms=timeout,
-                        name=f"mlperf_jax-{bench}-{jax.default_backend()}")
     print(f"infer: compiled batch sizes {sut.batch_sizes} in {time.perf_counter() - t0:.1f} s "
           "(before the test; not timed)", flush=True)
     try:
@@ -169,13 +296,7 @@ def run(argv_unused=None) -> int:
         name, value = result.summary.metric
         print(f"infer: Result is : {'VALID' if result.valid else 'INVALID'}; {name} = {value:.6g}")
     if settings.mode in (lg.TestMode.AccuracyOnly, lg.TestMode.SubmissionRun):
-        from mlperf_jax.inference import accuracy
-        entries = accuracy.read_accuracy_log(os.path.join(FLAGS.outdir, "mlperf_log_accuracy.json"))
-        acc, good, total = accuracy.top1(entries, qsl.labels)
-        tgt = accuracy.target_top1(bench)
-        extra = " (synthetic data / random weights: meaningless)" if qsl_desc == "synthetic" or not FLAGS.checkpoint_dir else ""
-        print(f"infer: accuracy={acc:.3f}%, good={good}, total={total}; target {tgt:.3f}%: "
-              f"{'PASS' if acc >= tgt else 'FAIL'}{extra}")
+        _report_accuracy(bench, qsl, qsl_desc)
     return 0
 
 

@@ -24,6 +24,33 @@ def relu6(x):
     return jnp.minimum(nn.relu(x), 6.0)
 
 
+def _trunk(x, train, *, width_multiplier, dtype, bn_momentum, bn_epsilon, keep=()):
+    """The stem and the 13 blocks, as submodules of the calling module (called from a compact
+    ``__call__``). Returns the last map and the outputs of the blocks numbered in ``keep``."""
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                             kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"))
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=bn_momentum,
+                             epsilon=bn_epsilon, dtype=dtype, param_dtype=jnp.float32)
+
+    def ch(c):
+        return max(8, int(c * width_multiplier))
+
+    x = x.astype(dtype)
+    x = conv(ch(32), (3, 3), strides=(2, 2), padding="SAME", name="conv_init")(x)
+    x = relu6(norm(name="bn_init")(x))
+    kept = []
+    for i, (c, s) in enumerate(BLOCKS[:max(keep) + 1] if keep else BLOCKS):
+        cin = x.shape[-1]
+        x = conv(cin, (3, 3), strides=(s, s), padding="SAME", feature_group_count=cin,
+                 name=f"block{i}_depthwise")(x)
+        x = relu6(norm(name=f"block{i}_depthwise_bn")(x))
+        x = conv(ch(c), (1, 1), name=f"block{i}_pointwise")(x)
+        x = relu6(norm(name=f"block{i}_pointwise_bn")(x))
+        if i in keep:
+            kept.append(x)
+    return x, kept
+
+
 class MobileNetV1(nn.Module):
     num_classes: int = 1000
     width_multiplier: float = 1.0
@@ -34,28 +61,36 @@ class MobileNetV1(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"))
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                                 epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=jnp.float32)
-
-        def ch(c):
-            return max(8, int(c * self.width_multiplier))
-
-        x = x.astype(self.dtype)
-        x = conv(ch(32), (3, 3), strides=(2, 2), padding="SAME", name="conv_init")(x)
-        x = relu6(norm(name="bn_init")(x))
-        for i, (c, s) in enumerate(BLOCKS):
-            cin = x.shape[-1]
-            x = conv(cin, (3, 3), strides=(s, s), padding="SAME", feature_group_count=cin,
-                     name=f"block{i}_depthwise")(x)
-            x = relu6(norm(name=f"block{i}_depthwise_bn")(x))
-            x = conv(ch(c), (1, 1), name=f"block{i}_pointwise")(x)
-            x = relu6(norm(name=f"block{i}_pointwise_bn")(x))
+        x, _ = _trunk(x, train, width_multiplier=self.width_multiplier, dtype=self.dtype,
+                      bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
         return x.astype(jnp.float32)
+
+
+class MobileNetV1Features(nn.Module):
+    """The classifier's stem and blocks, returning the maps after the blocks numbered in
+    ``feature_blocks`` (0-based; SSD-MobileNet-v1 takes blocks 10 and 12, TF's
+    ``Conv2d_11_pointwise`` and ``Conv2d_13_pointwise``: 19x19x512 and 10x10x1024 at 300x300).
+    Same parameter names as ``MobileNetV1``, so its checkpoints fill this module (less the
+    classifier); blocks after the last one kept are not built."""
+
+    feature_blocks: tuple[int, ...] = (10, 12)
+    width_multiplier: float = 1.0
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.997
+    bn_epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        if not self.feature_blocks or not all(0 <= b < len(BLOCKS) for b in self.feature_blocks):
+            raise ValueError(f"feature_blocks must be block numbers 0..{len(BLOCKS) - 1}, "
+                             f"got {self.feature_blocks!r}")
+        _, kept = _trunk(x, train, width_multiplier=self.width_multiplier, dtype=self.dtype,
+                         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                         keep=tuple(sorted(self.feature_blocks)))
+        return kept
 
 
 MobileNet = MobileNetV1

@@ -51,6 +51,7 @@ DIVISION_CASES = {
     "transformer": ("--config.learning_rate=1.5", "--config.label_smoothing=0.2"),
     "gnmt": ("--config.learning_rate=0.001", "--config.label_smoothing=0.2"),
     "ncf": ("--config.learning_rate=0.001", "--config.mf_dim=32"),
+    "ssd": ("--config.base_learning_rate=0.1", "--config.neg_pos_ratio=4"),
 }
 
 

@@ -86,15 +86,23 @@ def test_torchvision_weights_give_torchvision_logits(arch, conv_impl, size, tmp_
         pretrained.load(path, arch=other)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models/resnet.py pads stride-2 convolutions and the stem max-pool 'SAME' (TF style): at even "
-    "sizes that is (0, 1), torch pads (1, 1), so torchvision weights see shifted windows"))
-def test_torchvision_logits_at_even_image_size(tmp_path):
+# Even sizes: Flax's "SAME" pads a stride-2 window (0, 1) there, torch pads (1, 1); pad_mode="torch"
+# pads as torch does (64 -> 32 -> 16 -> 8 -> 4 -> 2: every strided layer sees an even input).
+def test_torchvision_logits_at_even_image_size_with_torch_padding(tmp_path):
     path, x, ref = _random_torchvision("resnet34", tmp_path, 64)
-    flax_model = _flax_resnet("resnet34")
     loaded = pretrained.load(path)
-    out = _logits(x, flax_model, {"params": loaded.params, **loaded.model_state})
+    out = _logits(x, _flax_resnet("resnet34", pad_mode="torch"),
+                  {"params": loaded.params, **loaded.model_state})
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    # The default ("same", TF's windows) is what the MLPerf TF ResNet-50 uses, and differs here.
+    same = _logits(x, _flax_resnet("resnet34"), {"params": loaded.params, **loaded.model_state})
+    assert not np.allclose(same, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_pad_mode_is_checked():
+    with pytest.raises(ValueError, match="pad_mode must be one of same, torch, got 'valid'"):
+        _flax_resnet("resnet18", pad_mode="valid").init(jax.random.key(0),
+                                                        jnp.zeros((1, 32, 32, 3)), train=False)
 
 
 def test_torchvision_without_torch_says_how_to_install(tmp_path, monkeypatch):

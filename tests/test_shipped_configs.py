@@ -14,14 +14,16 @@ from mlperf_jax.driver.options import RunOptions
 K = mllog.constants
 # steps per epoch as the real datasets give them (ResNet: ImageNet's 1,281,167 images)
 SHIPPED = [("resnet50", v) for v in benchmarks.get("resnet50").config_names if v != "tiny"] + [
-    ("transformer", "reference"), ("gnmt", "reference"), ("ncf", "reference")]
+    ("transformer", "reference"), ("gnmt", "reference"), ("ncf", "reference"),
+    ("ssd", "reference")]
 
 
 def _write_log(path, bench, config, *, log_format="mllog", metric_value=None):
     """The lines a converged run writes, with the config's own hyperparameters."""
     opts = RunOptions(workdir=os.path.dirname(path), log_format=log_format,
                       submission_platform="test_platform")
-    spe = 1281167 // int(config.global_batch_size) if bench.name == "resnet50" else 1000
+    spe = {"resnet50": 1281167, "ssd": 117266}.get(bench.name, 1000 * int(
+        config.global_batch_size)) // int(config.global_batch_size)
     target = bench.target(config)
     value = target.log_value({k: v + 1e-3 for k, v in target.thresholds.items()}) \
         if metric_value is None else metric_value
@@ -83,7 +85,7 @@ def test_lars_weight_decays_are_what_the_closed_rule_allows():
         assert math.log2(wd / 1e-4) == int(math.log2(wd / 1e-4)), (batch, wd)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "transformer", "gnmt"])
+@pytest.mark.parametrize("name", ["resnet50", "transformer", "gnmt", "ssd"])
 def test_v06_line_format_passes_ruleset_060(tmp_path, name):
     bench = benchmarks.get(name)
     path = tmp_path / "result_0.txt"

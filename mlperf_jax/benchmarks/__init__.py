@@ -17,6 +17,7 @@ _MODULES = {
     "transformer": "mlperf_jax.benchmarks.transformer",
     "gnmt": "mlperf_jax.benchmarks.gnmt",
     "ncf": "mlperf_jax.benchmarks.ncf",
+    "ssd": "mlperf_jax.benchmarks.ssd",
 }
 
 

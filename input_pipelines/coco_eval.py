@@ -1,0 +1,193 @@
+"""COCO box evaluation with pycocotools: ground truth in memory, detections in, named stats out.
+
+The metric is the MLPerf SSD one (spec ``detection.md`` 1.4): detections as ``{image_id,
+category_id, bbox: [x, y, w, h] in pixels, score}`` go through ``COCO.loadRes`` and
+``COCOeval(gt, dt, "bbox")``; ``"mAP"`` is ``stats[0]`` (AP at IoU .50:.95, all areas, 100
+detections). pycocotools prints as it works; everything here runs with its stdout swallowed.
+
+Ground truth comes either from an annotation file (``instances_val2017.json``: the reference's
+ground truth, crowd flags and segmentation areas included) or from arrays
+(``ground_truth_from_arrays``: the synthetic tiny track, or COCO rebuilt from TFDS ``coco/2017``,
+whose ``area`` is the annotation's area truncated to an integer). Either way it is a
+``GroundTruth``: the ``pycocotools.coco.COCO`` and ``label_to_category`` (the model's contiguous
+label -> COCO category id; entry 0, the background, maps to 0).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+#: COCOeval.stats in order (``summarize()``'s twelve lines); "mAP" is stats[0]
+STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+@contextlib.contextmanager
+def _quiet():
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+@dataclasses.dataclass
+class GroundTruth:
+    """The eval context of a COCO-style metric: the ground truth and the label map."""
+
+    coco: Any  # pycocotools.coco.COCO
+    label_to_category: np.ndarray  # int64 [num_labels + 1]; [0] = 0 (background)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return sorted(self.coco.getImgIds())
+
+    @property
+    def num_images(self) -> int:
+        return len(self.coco.getImgIds())
+
+    @property
+    def category_to_label(self) -> dict[int, int]:
+        return {int(c): i for i, c in enumerate(self.label_to_category) if i > 0}
+
+
+def coco_from_dataset(dataset: dict) -> Any:
+    """A ``pycocotools.coco.COCO`` from an in-memory dataset dict (``images``, ``annotations``,
+    ``categories``), indexed, without prints."""
+    from pycocotools.coco import COCO
+
+    with _quiet():
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
+    return coco
+
+
+def load_annotations(path: str) -> GroundTruth:
+    """``GroundTruth`` from a COCO annotation json; labels are the categories sorted by id, 1..C."""
+    from pycocotools.coco import COCO
+
+    with _quiet():
+        coco = COCO(path)
+    cats = sorted(coco.getCatIds())
+    return GroundTruth(coco, np.asarray([0] + cats, np.int64))
+
+
+def ground_truth_from_arrays(image_ids, orig_sizes, boxes, labels, num_boxes,
+                             label_to_category=None, category_names: Sequence[str] | None = None,
+                             *, is_crowd=None, areas=None) -> GroundTruth:
+    """``GroundTruth`` from padded arrays, for the synthetic task and for TFDS ``coco/2017``.
+
+    ``image_ids`` [n]; ``orig_sizes`` [n, 2] (height, width) in pixels; ``boxes`` [n, M, 4]
+    normalised ``[ymin, xmin, ymax, xmax]``; ``labels`` [n, M] (1..C-1, 0 = padding);
+    ``num_boxes`` [n] (rows past it are ignored). ``label_to_category`` [C] maps labels to
+    category ids (None: the identity, category id = label). ``category_names`` names the labels
+    1..C-1 in order (None: "class_1", ... for every label of the map, or seen in ``labels``).
+    Optional ``is_crowd`` [n, M] bool and ``areas`` [n, M] (pixels; default the box area).
+    Annotation ids count from 1 (COCOeval treats id 0 as "unmatched").
+    """
+    image_ids = np.asarray(image_ids).astype(np.int64)
+    orig_sizes = np.asarray(orig_sizes).astype(np.float64).reshape(-1, 2)
+    boxes = np.asarray(boxes, np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    num_boxes = np.asarray(num_boxes).astype(np.int64)
+    n, m = labels.shape
+    if not (len(image_ids) == len(orig_sizes) == len(boxes) == len(num_boxes) == n):
+        raise ValueError("image_ids, orig_sizes, boxes, labels and num_boxes disagree on the "
+                         "number of images")
+    if label_to_category is None:
+        top = len(category_names) if category_names is not None else int(
+            max([labels[i, :num_boxes[i]].max(initial=0) for i in range(n)], default=0))
+        label_to_category = np.arange(top + 1, dtype=np.int64)
+    label_to_category = np.asarray(label_to_category, np.int64)
+    num_labels = len(label_to_category) - 1
+    if category_names is None:
+        category_names = [f"class_{i}" for i in range(1, num_labels + 1)]
+    if len(category_names) != num_labels:
+        raise ValueError(f"{len(category_names)} category names for {num_labels} labels")
+    categories = [{"id": int(label_to_category[i]), "name": str(category_names[i - 1]),
+                   "supercategory": ""} for i in range(1, num_labels + 1)]
+
+    valid = np.arange(m)[None, :] < num_boxes[:, None]
+    h, w = orig_sizes[:, 0:1], orig_sizes[:, 1:2]
+    x0, y0 = boxes[..., 1] * w, boxes[..., 0] * h
+    bw, bh = (boxes[..., 3] - boxes[..., 1]) * w, (boxes[..., 2] - boxes[..., 0]) * h
+    area = bw * bh if areas is None else np.asarray(areas, np.float64)
+    crowd = np.zeros((n, m), bool) if is_crowd is None else np.asarray(is_crowd, bool)
+    lab = labels[valid]
+    if lab.size and (lab.min() < 1 or lab.max() > num_labels):
+        raise ValueError(f"labels outside 1..{num_labels}")
+    img_of = np.broadcast_to(image_ids[:, None], (n, m))[valid]
+    cols = [img_of.tolist(), label_to_category[lab].tolist(), x0[valid].tolist(),
+            y0[valid].tolist(), bw[valid].tolist(), bh[valid].tolist(), area[valid].tolist(),
+            crowd[valid].astype(int).tolist()]
+    annotations = [
+        {"id": k + 1, "image_id": i, "category_id": c, "bbox": [x, y, bw_, bh_], "area": a,
+         "iscrowd": cr}
+        for k, (i, c, x, y, bw_, bh_, a, cr) in enumerate(zip(*cols))]
+    images = [{"id": int(i), "height": int(hh), "width": int(ww)}
+              for i, (hh, ww) in zip(image_ids.tolist(), orig_sizes.tolist())]
+    coco = coco_from_dataset({"images": images, "annotations": annotations,
+                              "categories": categories})
+    return GroundTruth(coco, label_to_category)
+
+
+def detections_to_coco(image_ids, boxes, scores, classes, valid, orig_size,
+                       label_to_category=None, *, mask=None) -> list[dict]:
+    """Detections of ``n`` images -> pycocotools results (``bbox`` = [x, y, w, h] in pixels).
+
+    ``image_ids`` [n]; ``boxes`` [n, K, 4] normalised ``[ymin, xmin, ymax, xmax]``; ``scores``
+    [n, K]; ``classes`` [n, K] contiguous labels (1..C-1); ``valid`` [n, K] bool; ``orig_size``
+    [n, 2] (height, width). ``label_to_category`` maps labels to COCO category ids (None: the
+    classes are category ids already, as SSD-MobileNet's 91-way output). ``mask`` [n] drops padded
+    rows of a last eval batch (rows with ``mask == False``).
+    """
+    image_ids = np.asarray(image_ids).astype(np.int64)
+    boxes = np.asarray(boxes, np.float64)
+    scores = np.asarray(scores, np.float64)
+    classes = np.asarray(classes).astype(np.int64)
+    keep = np.asarray(valid, bool).copy()
+    if mask is not None:
+        keep &= np.asarray(mask, bool)[:, None]
+    orig = np.asarray(orig_size, np.float64).reshape(-1, 2)
+    h, w = orig[:, 0:1], orig[:, 1:2]
+    x0, y0 = boxes[..., 1] * w, boxes[..., 0] * h
+    bw, bh = (boxes[..., 3] - boxes[..., 1]) * w, (boxes[..., 2] - boxes[..., 0]) * h
+    cls = classes[keep]
+    if label_to_category is not None:
+        cls = np.asarray(label_to_category, np.int64)[cls]
+    img = np.broadcast_to(image_ids[:, None], keep.shape)[keep]
+    return [{"image_id": i, "category_id": c, "bbox": [x, y, ww, hh], "score": s}
+            for i, c, x, y, ww, hh, s in zip(img.tolist(), cls.tolist(), x0[keep].tolist(),
+                                             y0[keep].tolist(), bw[keep].tolist(),
+                                             bh[keep].tolist(), scores[keep].tolist())]
+
+
+def evaluate(gt: GroundTruth, detections: list[dict], *, image_ids=None) -> dict[str, float]:
+    """COCO bbox stats by name (``STAT_NAMES``); ``"mAP"`` is ``stats[0]``.
+
+    ``image_ids`` restricts the evaluation to those images (as the inference accuracy script
+    does with the images it saw); by default every ground-truth image counts, and images with
+    neither ground truth nor detections are ignored by COCOeval. No detections give 0.0 for every
+    stat (pycocotools cannot load an empty result). Detections on images the ground truth does not
+    know raise ``ValueError``. The dicts of ``detections`` gain the keys ``loadRes`` adds.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not detections:
+        return {k: 0.0 for k in STAT_NAMES}
+    known = set(gt.coco.getImgIds())
+    unknown = {d["image_id"] for d in detections} - known
+    if unknown:
+        raise ValueError(f"{len(unknown)} image ids with detections are not in the ground truth "
+                         f"(e.g. {sorted(unknown)[:5]})")
+    with _quiet():
+        dt = gt.coco.loadRes(detections)
+        ev = COCOeval(gt.coco, dt, iouType="bbox")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in np.asarray(image_ids).ravel())
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
