@@ -41,14 +41,22 @@ class Pretrained:
 
 
 def load(path: str, arch: str | None = None, conv_impl: str = "xla") -> Pretrained:
-    """Orbax checkpoint if ``path`` is a directory, else a torchvision state dict file.
+    """Orbax checkpoint if ``path`` is a directory, else a PyTorch state dict file: the MLPerf
+    inference SSD-ResNet34's (``pretrained_ssd.from_ssd_r34``, the whole detector) or a
+    torchvision ResNet's.
 
-    ``arch`` and ``conv_impl`` only matter for torchvision files (see ``load_torchvision``).
+    ``arch`` only matters for torchvision files (see ``load_torchvision``), ``conv_impl`` for both.
     """
     if os.path.isdir(path):
         return load_orbax(path)
     if os.path.isfile(path):
-        return load_torchvision(path, arch, conv_impl)
+        state_dict = torch_state_dict(path)
+        from mlperf_jax import pretrained_ssd  # imports this module
+        if pretrained_ssd.is_ssd_r34(state_dict):  # the MLPerf inference SSD-ResNet34, whole
+            converted = pretrained_ssd.from_ssd_r34(state_dict, conv_impl)
+        else:
+            converted = from_torchvision(state_dict, arch, conv_impl)
+        return dataclasses.replace(converted, source=f"{converted.source} from {path}")
     raise FileNotFoundError(f"no pretrained weights at {os.path.abspath(path)}")
 
 
@@ -75,17 +83,24 @@ def load_torchvision(path: str, arch: str | None = None, conv_impl: str = "xla")
     Needs torch (an optional dependency). ``arch`` ("resnet34", "resnet50", ...) is checked
     against the file, or inferred from it when None.
     """
+    converted = from_torchvision(torch_state_dict(path), arch, conv_impl)
+    return dataclasses.replace(converted, source=f"{converted.source} from {path}")
+
+
+def torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A PyTorch state dict file (``torch.save(model.state_dict())``) as names -> numpy arrays.
+
+    Needs torch (an optional dependency); loads with ``weights_only=True`` (no pickled code).
+    """
     try:
         import torch
     except ImportError as e:
-        raise ImportError("loading torchvision weights needs PyTorch: pip install torch") from e
+        raise ImportError("loading PyTorch weights needs PyTorch: pip install torch") from e
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state_dict, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} is not a torchvision state dict (a mapping of names to tensors)")
-    arrays = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state_dict.items()}
-    converted = from_torchvision(arrays, arch, conv_impl)
-    return dataclasses.replace(converted, source=f"{converted.source} from {path}")
+        raise ValueError(f"{path} is not a PyTorch state dict (a mapping of names to tensors)")
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state_dict.items()}
 
 
 def torchvision_names(arch: str, conv_impl: str = "xla") -> dict[str, str]:

@@ -7,7 +7,9 @@ compilation excluded, as for any run), and its MLPerf log is appended to, never 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import pickle
 import sys
 import time
 from typing import Any
@@ -97,9 +99,15 @@ def _restore_pretrained(bench: Benchmark, config: ml_collections.ConfigDict, sta
     try:
         loaded = pretrained.load(str(config.pretrained), arch=bench.pretrained_arch(config) or None,
                                  conv_impl=bench.conv_impl(config))
+        if subtree and subtree in loaded.params:
+            # whole-model weights (e.g. the MLPerf SSD-ResNet34): take the named part
+            loaded = dataclasses.replace(
+                loaded, params=loaded.params[subtree],
+                model_state={c: t[subtree] for c, t in loaded.model_state.items() if subtree in t},
+                source=f"{loaded.source}, {subtree}")
         params, model_state, unused = pretrained.restore_subtree(
             to_host(state.params), to_host(state.model_state), loaded, subtree=subtree)
-    except (FileNotFoundError, ImportError, ValueError) as e:
+    except (FileNotFoundError, ImportError, ValueError, pickle.UnpicklingError) as e:
         raise UserError(f"--config.pretrained={config.pretrained}: {e}") from None
     state = state.replace(
         params=jax.device_put(params, compiled.state_sharding.params),
