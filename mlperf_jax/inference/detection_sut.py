@@ -1,11 +1,8 @@
 """A JAX object-detection SUT (SSD): compiled ahead for fixed batch sizes, sharded over a Mesh,
 post-processing (decode, per-class NMS, top-k) on the device, dynamic batching for Server.
 
-Threads as ``ClassifierSUT``: ``issue_queries`` only appends to a queue; a batcher thread takes up
-to ``max(batch_sizes)`` samples (waiting at most ``batch_timeout_ms`` for more), pads to the
-smallest compiled batch size, puts the uint8 batch on the devices with a ``NamedSharding`` over the
-mesh's ``data`` axis and dispatches; a completer thread fetches the fixed-shape detections and
-answers LoadGen.
+Threads and batching: ``batching.BatchingSUT``; a completer thread fetches the fixed-shape
+detections and answers LoadGen.
 
 Response format, per sample (what the MLPerf reference harness sends and the official
 ``tools/accuracy-coco.py`` reads): float32 groups of seven
@@ -16,16 +13,13 @@ A sample without detections gets an empty response (the script counts the image,
 
 from __future__ import annotations
 
-import collections
-import threading
-import time
 from typing import Any, Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from mlperf_jax.inference.batching import BatchingSUT
 from mlperf_jax.inference.coco_qsl import check_preprocessing, detection_normalize
 from mlperf_jax.loadgen import QuerySampleResponse, query_samples_complete
 
@@ -60,7 +54,7 @@ def decode_response(data: bytes) -> np.ndarray:
     return np.frombuffer(data, np.float32).reshape(-1, 7)
 
 
-class DetectionSUT:
+class DetectionSUT(BatchingSUT):
     """``detect_fn(variables, images_nhwc_float) -> {"boxes" [B, K, 4] normalised yxyx, "scores" [B, K],
     "classes" [B, K] int (contiguous labels), "valid" [B, K] bool}`` (fixed shapes, jittable).
 
@@ -77,20 +71,8 @@ class DetectionSUT:
                  complete: Callable = query_samples_complete):
         check_preprocessing(preprocessing)  # unknown names fail before compiling
         self.preprocessing = preprocessing
-        self.name = name
-        self.qsl = qsl
-        self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ("data",))
-        n_dev = self.mesh.size
-        self.batch_sizes = sorted({-(-int(b) // n_dev) * n_dev for b in batch_sizes if int(b) > 0})
-        if not self.batch_sizes:
-            raise ValueError("batch_sizes: need at least one positive batch size")
-        self.max_batch = self.batch_sizes[-1]
-        self.timeout_s = batch_timeout_ms / 1000.0
-        self.image_size = image_size
-        self._complete = complete
-        rep = NamedSharding(self.mesh, P())
-        self._batch_sharding = NamedSharding(self.mesh, P("data"))
-        self.variables = jax.device_put(variables, rep)
+        self.samples_answered = 0
+        self.detections_answered = 0
         table = None if label_to_category is None else np.asarray(label_to_category, np.float32)
 
         def predict(v, images_u8):
@@ -103,109 +85,17 @@ class DetectionSUT:
                                     det["scores"].astype(jnp.float32)[..., None], cls[..., None]], axis=-1)
             return rows, det["valid"].astype(jnp.bool_)
 
-        jitted = jax.jit(predict, in_shardings=(rep, self._batch_sharding),
-                         out_shardings=(self._batch_sharding, self._batch_sharding))
-        t0 = time.perf_counter()
-        self._compiled = {}
-        abstract_vars = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), self.variables)
-        for b in self.batch_sizes:
-            spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8, sharding=self._batch_sharding)
-            self._compiled[b] = jitted.lower(abstract_vars, spec).compile()
-        self.compile_seconds = time.perf_counter() - t0
-        self._pending: collections.deque = collections.deque()
-        self._cv = threading.Condition()
-        self._done_q: collections.deque = collections.deque()
-        self._done_cv = threading.Condition()
-        self._stop = False
-        self.batches_run = collections.Counter()
-        self.samples_answered = 0
-        self.detections_answered = 0
-        self.error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._batcher, name="sut-batcher", daemon=True),
-                         threading.Thread(target=self._completer, name="sut-completer", daemon=True)]
-        for t in self._threads:
-            t.start()
+        super().__init__(predict, variables, qsl, image_size=image_size, batch_sizes=batch_sizes,
+                         batch_timeout_ms=batch_timeout_ms, mesh=mesh, name=name,
+                         complete=complete)
 
-    # ---------------------------------------------------------------- SUT API
-    def issue_queries(self, samples) -> None:
-        with self._cv:
-            self._pending.extend(samples)
-            self._cv.notify()
-
-    def flush_queries(self) -> None:
-        with self._cv:
-            self._cv.notify()
-
-    def close(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        with self._done_cv:
-            self._done_cv.notify_all()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # ---------------------------------------------------------------- threads
-    def _take_batch(self):
-        with self._cv:
-            while not self._pending and not self._stop:
-                self._cv.wait()
-            if self._stop:
-                return None
-            if self.timeout_s > 0 and len(self._pending) < self.max_batch:
-                deadline = time.perf_counter() + self.timeout_s
-                while len(self._pending) < self.max_batch and not self._stop:
-                    left = deadline - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-            n = min(len(self._pending), self.max_batch)
-            return [self._pending.popleft() for _ in range(n)]
-
-    def _batcher(self):
-        try:
-            while True:
-                batch = self._take_batch()
-                if batch is None:
-                    return
-                n = len(batch)
-                b = next(s for s in self.batch_sizes if s >= n)
-                x = self.qsl.get([s.index for s in batch])
-                if b > n:
-                    x = np.concatenate([x, np.zeros((b - n,) + x.shape[1:], x.dtype)])
-                out = self._compiled[b](self.variables, jax.device_put(x, self._batch_sharding))
-                self.batches_run[b] += 1
-                with self._done_cv:
-                    self._done_q.append((out, batch))
-                    self._done_cv.notify()
-        except BaseException as e:  # noqa: BLE001 - surfaced through .error; LoadGen ends at max_duration
-            self.error = e
-            raise
-
-    def _completer(self):
-        try:
-            while True:
-                with self._done_cv:
-                    while not self._done_q and not self._stop:
-                        self._done_cv.wait()
-                    if not self._done_q:
-                        return
-                    (rows, valid), batch = self._done_q.popleft()
-                rows, valid = np.asarray(rows), np.asarray(valid)
-                responses = []
-                for i, s in enumerate(batch):
-                    r = rows[i][valid[i]]  # a copy, C-contiguous
-                    r[:, 0] = s.index
-                    self.detections_answered += len(r)
-                    responses.append(QuerySampleResponse(s.id, r.tobytes()))
-                self.samples_answered += len(batch)
-                self._complete(responses)
-        except BaseException as e:  # noqa: BLE001
-            self.error = e
-            raise
+    def respond(self, outputs, samples):
+        rows, valid = outputs
+        responses = []
+        for i, s in enumerate(samples):
+            r = rows[i][valid[i]]  # a copy, C-contiguous
+            r[:, 0] = s.index
+            self.detections_answered += len(r)
+            responses.append(QuerySampleResponse(s.id, r.tobytes()))
+        self.samples_answered += len(samples)
+        return responses

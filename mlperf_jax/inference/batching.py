@@ -1,0 +1,146 @@
+"""What every JAX SUT here shares: ahead-of-time compilation for a fixed set of batch sizes,
+sharding over a Mesh, and dynamic batching (gather queries up to a batch size or a deadline).
+
+Threads: ``issue_queries`` only appends to a queue.  A batcher thread takes up to
+``max(batch_sizes)`` samples (waiting at most ``batch_timeout_ms`` after the first one for more),
+pads to the smallest compiled batch size, puts the uint8 batch on the devices with a
+``NamedSharding`` over the mesh's ``data`` axis and dispatches the compiled function (JAX returns
+at once).  A completer thread fetches the outputs and answers LoadGen through ``respond``, so host
+work for batch i+1 overlaps device work for batch i.  Subclasses say what is computed
+(``predict``) and how its outputs become responses (``respond``).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+class BatchingSUT:
+    """``predict(variables, images_uint8) -> outputs`` (leading batch dim, fixed shapes) compiled
+    for each batch size; ``respond(outputs_as_numpy, samples) -> list of QuerySampleResponse``."""
+
+    def __init__(self, predict: Callable, variables: Any, qsl, *, image_size: int,
+                 batch_sizes: Sequence[int], batch_timeout_ms: float, mesh: Mesh | None,
+                 name: str, complete: Callable):
+        self.name = name
+        self.qsl = qsl
+        self.image_size = image_size
+        self.mesh = mesh or Mesh(np.asarray(jax.local_devices()), ("data",))
+        n_dev = self.mesh.size
+        self.batch_sizes = sorted({-(-int(b) // n_dev) * n_dev for b in batch_sizes if int(b) > 0})
+        if not self.batch_sizes:
+            raise ValueError("batch_sizes: need at least one positive batch size")
+        self.max_batch = self.batch_sizes[-1]
+        self.timeout_s = batch_timeout_ms / 1000.0
+        self._complete = complete
+        rep = NamedSharding(self.mesh, P())
+        self._batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.variables = jax.device_put(variables, rep)
+        jitted = jax.jit(predict, in_shardings=(rep, self._batch_sharding))
+        t0 = time.perf_counter()
+        self._compiled = {}
+        abstract_vars = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), self.variables)
+        for b in self.batch_sizes:
+            spec = jax.ShapeDtypeStruct((b, image_size, image_size, 3), jnp.uint8,
+                                        sharding=self._batch_sharding)
+            self._compiled[b] = jitted.lower(abstract_vars, spec).compile()
+        self.compile_seconds = time.perf_counter() - t0
+        self._pending: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+        self._done_q: collections.deque = collections.deque()
+        self._done_cv = threading.Condition()
+        self._stop = False
+        self.batches_run = collections.Counter()
+        self.error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._batcher, name="sut-batcher", daemon=True),
+                         threading.Thread(target=self._completer, name="sut-completer", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def respond(self, outputs: Any, samples: list) -> list:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- SUT API
+    def issue_queries(self, samples) -> None:
+        with self._cv:
+            self._pending.extend(samples)
+            self._cv.notify()
+
+    def flush_queries(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        with self._done_cv:
+            self._done_cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---------------------------------------------------------------- threads
+    def _take_batch(self):
+        with self._cv:
+            while not self._pending and not self._stop:
+                self._cv.wait()
+            if self._stop:
+                return None
+            if self.timeout_s > 0 and len(self._pending) < self.max_batch:
+                deadline = time.perf_counter() + self.timeout_s
+                while len(self._pending) < self.max_batch and not self._stop:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cv.wait(left)
+            n = min(len(self._pending), self.max_batch)
+            return [self._pending.popleft() for _ in range(n)]
+
+    def _batcher(self):
+        try:
+            while True:
+                batch = self._take_batch()
+                if batch is None:
+                    return
+                n = len(batch)
+                b = next(s for s in self.batch_sizes if s >= n)
+                x = self.qsl.get([s.index for s in batch])
+                if b > n:
+                    x = np.concatenate([x, np.zeros((b - n,) + x.shape[1:], x.dtype)])
+                out = self._compiled[b](self.variables, jax.device_put(x, self._batch_sharding))
+                self.batches_run[b] += 1
+                with self._done_cv:
+                    self._done_q.append((out, batch))
+                    self._done_cv.notify()
+        except BaseException as e:  # noqa: BLE001 - surfaced through .error; LoadGen ends at max_duration
+            self.error = e
+            raise
+
+    def _completer(self):
+        try:
+            while True:
+                with self._done_cv:
+                    while not self._done_q and not self._stop:
+                        self._done_cv.wait()
+                    if not self._done_q:
+                        return
+                    out, batch = self._done_q.popleft()
+                self._complete(self.respond(jax.tree.map(np.asarray, out), batch))
+        except BaseException as e:  # noqa: BLE001 - surfaced through .error
+            self.error = e
+            raise
