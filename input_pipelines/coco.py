@@ -56,9 +56,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 MAX_BOXES = 100
 TRAIN_IMAGES, VAL_IMAGES = 118287, 5000
 TRAIN_IMAGES_WITH_BOXES, VAL_IMAGES_WITH_BOXES = 117266, 4952
-#: the 80 COCO category ids in order: label l (1..80) is category COCO_CATEGORY_IDS[l - 1]
-COCO_CATEGORY_IDS = tuple(i for i in range(1, 91)
-                          if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+COCO_CATEGORY_IDS = coco_eval.COCO_CATEGORY_IDS
 LABEL_TO_CATEGORY = np.asarray((0,) + COCO_CATEGORY_IDS, np.int64)
 
 #: the SSD crop's choices: 0 = no crop, then the minimum IoU, then -inf = no IoU constraint

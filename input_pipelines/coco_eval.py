@@ -22,6 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 
 #: COCOeval.stats in order (``summarize()``'s twelve lines); "mAP" is stats[0]
+#: the 80 COCO category ids in order: label l (1..80) is category COCO_CATEGORY_IDS[l - 1]
+COCO_CATEGORY_IDS = tuple(i for i in range(1, 91)
+                          if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
 STAT_NAMES = ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 

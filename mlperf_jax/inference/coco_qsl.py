@@ -23,6 +23,9 @@ import os
 import numpy as np
 
 from mlperf_jax.input_pipelines import preprocessing as pp
+# the 80 COCO 2017 category ids in annotation-file order (= sorted): contiguous label l (1..80) is
+# category COCO_CATEGORY_IDS[l - 1]; used when no annotation file is at hand (synthetic QSL)
+from mlperf_jax.input_pipelines.coco_eval import COCO_CATEGORY_IDS
 
 COCO_VAL_COUNT = 5_000
 # Per benchmark: the model input size and performance_sample_count (the v0.5 QSL size).
@@ -30,10 +33,6 @@ DETECTION_BENCHMARKS = {
     "ssd-mobilenet": {"image_size": 300, "performance_sample_count": 256},
     "ssd-resnet34": {"image_size": 1200, "performance_sample_count": 64},
 }
-# The 80 COCO 2017 category ids in annotation-file order (= sorted): contiguous label l (1..80) is
-# category COCO_CATEGORY_IDS[l - 1].  Used when no annotation file is at hand (synthetic QSL).
-COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
-assert len(COCO_CATEGORY_IDS) == 80
 
 
 def check_preprocessing(model: str) -> None:
