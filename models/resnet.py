@@ -40,6 +40,20 @@ def window_padding(pad_mode: str, kernel: int = 3):
     raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
 
 
+def conv_and_norm(conv_impl: str, dtype: Any, train: bool, bn_momentum: float,
+                  bn_epsilon: float, **conv_kwargs) -> tuple[ModuleDef, ModuleDef]:
+    """The convolution (bias-free; lax convs or im2col GEMMs by ``conv_impl``) and BatchNorm
+    constructors that ResNet-style trunks share."""
+    if conv_impl not in ("xla", "matmul"):
+        raise ValueError(f"conv_impl must be xla or matmul, got {conv_impl!r}")
+    conv_cls = MatmulConv if conv_impl == "matmul" else nn.Conv
+    conv = functools.partial(conv_cls, use_bias=False, dtype=dtype, kernel_init=conv_init,
+                             **conv_kwargs)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=bn_momentum,
+                             epsilon=bn_epsilon, dtype=dtype, param_dtype=jnp.float32)
+    return conv, norm
+
+
 class BottleneckBlock(nn.Module):
     filters: int
     conv: ModuleDef
@@ -113,14 +127,9 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        if self.conv_impl not in ("xla", "matmul"):
-            raise ValueError(f"conv_impl must be xla or matmul, got {self.conv_impl!r}")
+        conv, norm = conv_and_norm(self.conv_impl, self.dtype, train, self.bn_momentum,
+                                   self.bn_epsilon)
         pool_padding = window_padding(self.pad_mode)  # also checks pad_mode
-        conv_cls = MatmulConv if self.conv_impl == "matmul" else nn.Conv
-        conv = functools.partial(conv_cls, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 dtype=self.dtype, param_dtype=jnp.float32)
         x = x.astype(self.dtype)
         if self.small_stem:
             x = conv(self.num_filters, (3, 3), name="conv_init")(x)

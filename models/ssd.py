@@ -45,7 +45,6 @@ Flattening (``flatten_order``), which must match the default boxes' order:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -102,15 +101,9 @@ class ResNet34Trunk(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        if self.conv_impl not in ("xla", "matmul"):
-            raise ValueError(f"conv_impl must be xla or matmul, got {self.conv_impl!r}")
+        conv, norm = resnet.conv_and_norm(self.conv_impl, self.dtype, train, self.bn_momentum,
+                                          self.bn_epsilon)
         pool_padding = resnet.window_padding(self.pad_mode)
-        conv_cls = MatmulConv if self.conv_impl == "matmul" else nn.Conv
-        conv = functools.partial(conv_cls, use_bias=False, dtype=self.dtype,
-                                 kernel_init=resnet.conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 dtype=self.dtype, param_dtype=jnp.float32)
         x = x.astype(self.dtype)
         x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
         x = nn.relu(norm(name="bn_init")(x))
@@ -139,13 +132,9 @@ class TinyTrunk(nn.Module):
     def __call__(self, x, train: bool = True):
         if not 1 <= self.levels <= len(self.channels):
             raise ValueError(f"tiny trunk: {self.levels} levels from {len(self.channels)} stages")
-        conv_cls = MatmulConv if self.conv_impl == "matmul" else nn.Conv
-        conv = functools.partial(conv_cls, use_bias=False, dtype=self.dtype,
-                                 kernel_init=resnet.conv_init,
-                                 padding=resnet.window_padding(self.pad_mode))
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 dtype=self.dtype, param_dtype=jnp.float32)
+        conv, norm = resnet.conv_and_norm(self.conv_impl, self.dtype, train, self.bn_momentum,
+                                          self.bn_epsilon,
+                                          padding=resnet.window_padding(self.pad_mode))
         x = x.astype(self.dtype)
         maps = []
         for i, c in enumerate(self.channels):

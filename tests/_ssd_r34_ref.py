@@ -12,6 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
+from _torchvision_ref import randomize_batchnorm  # this script's folder is on sys.path
+
 
 class Trunk(nn.Module):
     """base_model_r34.ResNet34: torchvision resnet34's stem+layer1+layer2 as ``layer1``, its
@@ -67,14 +69,8 @@ class SSDR34(nn.Module):
 
 def main(size: int, num_classes: int, out: str) -> None:
     torch.manual_seed(0)
-    model = SSDR34(num_classes).eval()
+    model = randomize_batchnorm(SSDR34(num_classes))
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
         torch.save(model.state_dict(), os.path.join(out, "ssd_r34.pth"))
         x = np.random.RandomState(1).randn(1, 3, size, size).astype(np.float32)
         locs, confs = model(torch.from_numpy(x))

@@ -9,9 +9,9 @@ import torch
 import torchvision
 
 
-def main(arch: str, size: int, out: str) -> None:
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None).eval()
+def randomize_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BatchNorm affine parameters and running statistics (fresh ones are 1/0, which would
+    hide a mean/var or scale/bias mix-up in a converter); the model in eval mode."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -19,6 +19,13 @@ def main(arch: str, size: int, out: str) -> None:
                 m.bias.normal_(0.0, 0.1)
                 m.running_mean.normal_(0.0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def main(arch: str, size: int, out: str) -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(getattr(torchvision.models, arch)(weights=None))
+    with torch.no_grad():
         torch.save(model.state_dict(), os.path.join(out, f"{arch}.pth"))
         x = np.random.RandomState(1).randn(1, 3, size, size).astype(np.float32)
         np.save(os.path.join(out, f"{arch}_{size}_input.npy"), x)

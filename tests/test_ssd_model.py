@@ -261,16 +261,13 @@ import numpy as np
 import torch
 import torchvision
 
+sys.path.insert(0, "tests")
+from _torchvision_ref import randomize_batchnorm
+
 out, sizes = sys.argv[1], [int(s) for s in sys.argv[2:]]
 torch.manual_seed(0)
-model = torchvision.models.resnet34(weights=None).eval()
+model = randomize_batchnorm(torchvision.models.resnet34(weights=None))
 with torch.no_grad():
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.normal_(0.0, 0.1)
-            m.running_mean.normal_(0.0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
     torch.save(model.state_dict(), f"{out}/resnet34.pth")
     model.layer3[0].conv1.stride = (1, 1)
     model.layer3[0].downsample[0].stride = (1, 1)

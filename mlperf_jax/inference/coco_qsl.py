@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from mlperf_jax.inference.qsl import RamQSL, random_image
 from mlperf_jax.input_pipelines import preprocessing as pp
 # the 80 COCO 2017 category ids in annotation-file order (= sorted): contiguous label l (1..80) is
 # category COCO_CATEGORY_IDS[l - 1]; used when no annotation file is at hand (synthetic QSL)
@@ -69,7 +70,7 @@ def find_coco_val(data_dir: str | None) -> str | None:
     return None
 
 
-class CocoQSL:
+class CocoQSL(RamQSL):
     """COCO val2017 in the MLPerf layout; ``preprocessing`` names the model ("ssd-mobilenet", "ssd-resnet34").
 
     Attributes for accuracy: ``images`` (the json's image dicts, in qsl order), ``image_ids``,
@@ -114,22 +115,13 @@ class CocoQSL:
         self.performance_sample_count = min(psc, self.total_sample_count)
         self._ram: dict[int, np.ndarray] = {}
 
-    def load_samples_to_ram(self, indices):
-        for i in indices:
-            if i not in self._ram:
-                with open(os.path.join(self.image_dir, self.images[i]["file_name"]), "rb") as f:
-                    data = f.read()
-                self._ram[i] = detection_image(data, self.preprocessing, self.image_size)
-
-    def unload_samples_from_ram(self, indices):
-        for i in indices:
-            self._ram.pop(i, None)
-
-    def get(self, indices) -> np.ndarray:
-        return np.stack([self._ram[i] for i in indices])
+    def load_sample(self, i: int) -> np.ndarray:
+        with open(os.path.join(self.image_dir, self.images[i]["file_name"]), "rb") as f:
+            data = f.read()
+        return detection_image(data, self.preprocessing, self.image_size)
 
 
-class SyntheticDetectionQSL:
+class SyntheticDetectionQSL(RamQSL):
     """Random uint8 images of the model's input size (accuracy is meaningless); the 80 COCO categories."""
 
     name = "SyntheticDetectionQSL"
@@ -145,15 +137,5 @@ class SyntheticDetectionQSL:
         self._seed = seed
         self._ram: dict[int, np.ndarray] = {}
 
-    def load_samples_to_ram(self, indices):
-        for i in indices:
-            if i not in self._ram:
-                rng = np.random.default_rng((self._seed, int(i)))
-                self._ram[i] = rng.integers(0, 256, (self.image_size, self.image_size, 3), dtype=np.uint8)
-
-    def unload_samples_from_ram(self, indices):
-        for i in indices:
-            self._ram.pop(i, None)
-
-    def get(self, indices) -> np.ndarray:
-        return np.stack([self._ram[i] for i in indices])
+    def load_sample(self, i: int) -> np.ndarray:
+        return random_image(self._seed, i, self.image_size)

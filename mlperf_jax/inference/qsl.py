@@ -31,7 +31,34 @@ def find_imagenet_val(data_dir: str | None) -> str | None:
     return None
 
 
-class ImageNetQSL:
+class RamQSL:
+    """The LoadGen QSL protocol over a dict of preprocessed samples: a subclass says how one
+    sample is made (``load_sample``) and sets ``self._ram = {}``."""
+
+    _ram: dict[int, np.ndarray]
+
+    def load_sample(self, i: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def load_samples_to_ram(self, indices):
+        for i in indices:
+            if i not in self._ram:
+                self._ram[i] = self.load_sample(i)
+
+    def unload_samples_from_ram(self, indices):
+        for i in indices:
+            self._ram.pop(i, None)
+
+    def get(self, indices) -> np.ndarray:
+        return np.stack([self._ram[i] for i in indices])
+
+
+def random_image(seed: int, index: int, size: int) -> np.ndarray:
+    """Sample ``index`` of a synthetic QSL: uint8 noise, the same for the same (seed, index)."""
+    return np.random.default_rng((seed, int(index))).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+class ImageNetQSL(RamQSL):
     """``preprocessing`` names the model family whose convention the crops follow."""
 
     name = "ImageNetQSL"
@@ -59,22 +86,13 @@ class ImageNetQSL:
         self.performance_sample_count = min(performance_sample_count, len(files))
         self._ram: dict[int, np.ndarray] = {}
 
-    def load_samples_to_ram(self, indices):
-        for i in indices:
-            if i not in self._ram:
-                with open(os.path.join(self.val_dir, self.files[i]), "rb") as f:
-                    data = f.read()
-                self._ram[i] = pp.eval_image(data, self.preprocessing, self.image_size).numpy()
-
-    def unload_samples_from_ram(self, indices):
-        for i in indices:
-            self._ram.pop(i, None)
-
-    def get(self, indices) -> np.ndarray:
-        return np.stack([self._ram[i] for i in indices])
+    def load_sample(self, i: int) -> np.ndarray:
+        with open(os.path.join(self.val_dir, self.files[i]), "rb") as f:
+            data = f.read()
+        return pp.eval_image(data, self.preprocessing, self.image_size).numpy()
 
 
-class SyntheticImageQSL:
+class SyntheticImageQSL(RamQSL):
     """Random uint8 images of the right shape; labels are random too (accuracy is meaningless)."""
 
     name = "SyntheticImageQSL"
@@ -89,15 +107,5 @@ class SyntheticImageQSL:
         self._seed = seed
         self._ram: dict[int, np.ndarray] = {}
 
-    def load_samples_to_ram(self, indices):
-        for i in indices:
-            if i not in self._ram:
-                rng = np.random.default_rng((self._seed, int(i)))
-                self._ram[i] = rng.integers(0, 256, (self.image_size, self.image_size, 3), dtype=np.uint8)
-
-    def unload_samples_from_ram(self, indices):
-        for i in indices:
-            self._ram.pop(i, None)
-
-    def get(self, indices) -> np.ndarray:
-        return np.stack([self._ram[i] for i in indices])
+    def load_sample(self, i: int) -> np.ndarray:
+        return random_image(self._seed, i, self.image_size)
