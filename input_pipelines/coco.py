@@ -49,7 +49,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlperf_jax.input_pipelines import coco_eval, preprocessing
-from mlperf_jax.input_pipelines.source import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError, tf_data_options
 
 NAME = "coco/2017"
 AUTOTUNE = tf.data.AUTOTUNE
@@ -127,13 +127,6 @@ def eval_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ..
     return {"image": ((b, s, s, 3), np.uint8), "image_id": ((b,), np.int32),
             "orig_size": ((b, 2), np.int32), "mask": ((b,), np.bool_)}
 
-
-def _options() -> tf.data.Options:
-    o = tf.data.Options()
-    o.deterministic = True
-    o.threading.private_threadpool_size = 0
-    o.experimental_optimization.map_parallelization = True
-    return o
 
 
 def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
@@ -475,7 +468,7 @@ def train_dataset(data_dir: str | None, *, batch_size: int, seed: int, epoch: in
     ds = ds.map(prep, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=True)
     if steps is not None:
         ds = ds.take(steps)
-    return ds.with_options(_options()).prefetch(AUTOTUNE)
+    return ds.with_options(tf_data_options()).prefetch(AUTOTUNE)
 
 
 def eval_dataset(data_dir: str | None, *, batch_size: int, image_size: int = 300,
@@ -521,7 +514,7 @@ def eval_dataset(data_dir: str | None, *, batch_size: int, image_size: int = 300
         "image_id": tf.constant(0, tf.int32), "orig_size": tf.zeros([2], tf.int32),
         "mask": tf.constant(False)}).repeat()
     ds = ds.concatenate(pad).take(n_batches * batch_size).batch(batch_size)
-    return ds.with_options(_options()).prefetch(AUTOTUNE)
+    return ds.with_options(tf_data_options()).prefetch(AUTOTUNE)
 
 
 def eval_batches(data_dir: str | None, **kw) -> Iterator[dict[str, np.ndarray]]:

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mlperf_jax.input_pipelines.source import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError, tf_data_options
 from mlperf_jax.input_pipelines import preprocessing
 
 NAME = "imagenet2012"
@@ -38,13 +38,6 @@ def check_prepared(data_dir: str | None) -> None:
         raise DatasetNotFoundError(
             f"no prepared {NAME} in {builder.data_dir}. {PREPARE.replace('DATA_DIR', data_dir)}")
 
-
-def _options() -> tf.data.Options:
-    o = tf.data.Options()
-    o.deterministic = True
-    o.threading.private_threadpool_size = 0
-    o.experimental_optimization.map_parallelization = True
-    return o
 
 
 def _decode_crop(image_bytes: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
@@ -96,7 +89,7 @@ def train_dataset(data_dir: str | None, *, batch_size: int, seed: int, epoch: in
 
     ds = ds.map(prep, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.with_options(_options()).prefetch(AUTOTUNE)
+    return ds.with_options(tf_data_options()).prefetch(AUTOTUNE)
 
 
 def eval_dataset(data_dir: str | None, *, batch_size: int, image_size: int = 224,
@@ -122,7 +115,7 @@ def eval_dataset(data_dir: str | None, *, batch_size: int, image_size: int = 224
         "image": tf.zeros([image_size, image_size, 3], tf.uint8),
         "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat()
     ds = ds.concatenate(pad).take(n_batches * batch_size).batch(batch_size)
-    return ds.with_options(_options()).prefetch(AUTOTUNE)
+    return ds.with_options(tf_data_options()).prefetch(AUTOTUNE)
 
 
 def eval_batches(data_dir: str | None, **kw) -> Iterator[dict[str, np.ndarray]]:

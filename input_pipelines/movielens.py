@@ -18,13 +18,14 @@ from typing import Iterator
 
 import numpy as np
 
-from mlperf_jax.input_pipelines.source import DataSource, DatasetNotFoundError, Once, prefetch
+from mlperf_jax.input_pipelines.source import (DataSource, DatasetNotFoundError, Once, prefetch,
+                                               read_json)
 # the preparation's names, also used from here (movielens.prepare, movielens.cache_path, ...)
 from mlperf_jax.input_pipelines.movielens_prepare import (  # noqa: F401
     CACHE_VERSION, CSV_NAMES, DEFAULT_CACHE_SUBDIR, META_VERSION, MIN_RATINGS, ML20M_NUM_ITEMS,
     ML20M_NUM_USERS, NUM_EVAL_NEGATIVES, NUM_TRAIN_NEGATIVES, PREPARE_HELP, TFDS_NAME, PositiveSet,
     Prepared, cache_path, default_cache_dir, factorize, leave_one_out, load_raw_ratings, meta_path,
-    prepare, prepare_command, prepare_from_raw, sample_distinct_negatives, _read_json)
+    prepare, prepare_command, prepare_from_raw, sample_distinct_negatives)
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -68,7 +69,7 @@ def load_meta(data_dir: str | None, *, cache_dir: str | None = None,
     path = cache_path(cache_dir or default_cache_dir(data_dir),
                       num_eval_negatives=num_eval_negatives, min_ratings=min_ratings,
                       data_seed=data_seed)
-    meta = _read_json(meta_path(path))
+    meta = read_json(meta_path(path))
     if (meta is None or meta.get("version") != META_VERSION
             or meta.get("cache_version") != CACHE_VERSION or not os.path.isfile(path)
             or os.path.getsize(path) != meta.get("bytes")):

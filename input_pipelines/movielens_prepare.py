@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from mlperf_jax.input_pipelines.source import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError, read_json
 
 TFDS_NAME = "movielens/20m-ratings"
 CSV_NAMES = ("ratings.csv", os.path.join("ml-20m", "ratings.csv"))
@@ -368,7 +368,7 @@ def prepare(data_dir: str, *, cache_dir: str | None = None,
         except Exception as e:  # a broken cache is rebuilt, never trusted
             log(f"movielens: ignoring unreadable cache {path}: {e}")
         else:
-            meta = _read_json(meta_path(path))
+            meta = read_json(meta_path(path))
             if meta is None or meta.get("bytes") != os.path.getsize(path) or any(
                     meta.get(k) != v for k, v in prepared.sizes().items()):
                 prepared.write_meta(path)  # caches from before the sidecar existed
@@ -383,10 +383,3 @@ def prepare(data_dir: str, *, cache_dir: str | None = None,
         raise OSError(f"could not write the prepared MovieLens data {path}: {e}") from e
     return prepared
 
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None

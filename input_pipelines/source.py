@@ -134,3 +134,24 @@ def prefetch(it: Iterable, size: int = 4, *, name: str | None = None) -> Iterato
             yield x
     finally:
         stop.set()
+
+
+def read_json(path: str) -> dict | None:
+    """A small metadata file (what preparation wrote), or None when it is missing or unreadable."""
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def tf_data_options():
+    """The ``tf.data.Options`` every pipeline here uses: deterministic order (resume and multi-host
+    runs see the same batches), the shared thread pool, parallel maps."""
+    import tensorflow as tf
+    o = tf.data.Options()
+    o.deterministic = True
+    o.threading.private_threadpool_size = 0
+    o.experimental_optimization.map_parallelization = True
+    return o

@@ -25,11 +25,11 @@ from typing import Iterator
 import numpy as np
 
 from mlperf_jax.input_pipelines.source import (DataSource, DatasetNotFoundError, Once, global_spec,
-                                               prefetch)
+                                               prefetch, read_json)
 # the preparation's names, also used from here (wmt.prepare, wmt.vocab_path, ...)
 from mlperf_jax.input_pipelines.wmt_prepare import (  # noqa: F401
     EOS_ID, META_VERSION, PAD_ID, PREPARE_KEYS, UNK_ID, _eval_key, _eval_split, _host_split, _load,
-    _max_eval_len, _read_json, _tfds_hint, _train_key, eval_path, load_vocab, meta_path,
+    _max_eval_len, _tfds_hint, _train_key, eval_path, load_vocab, meta_path,
     pack_rows, prepare, prepare_command, tokenized_pairs, train_vocab, vocab_path)
 
 PACK_EPOCH_FRACTION = 0.98
@@ -71,7 +71,7 @@ def data_source(config, data_dir: str | None, *, seed: int, process_index: int,
             f"{_tfds_hint(config, None)} were run and then `{cmd}`")
     mpath = meta_path(data_dir, config)
     vpath = vocab_path(data_dir, config.train_dataset, int(config.vocab_size))
-    meta = _read_json(mpath)
+    meta = read_json(mpath)
     if meta is None or meta.get("version") != META_VERSION:
         raise DatasetNotFoundError(
             f"WMT preparation not found ({mpath} is missing or out of date): run `{cmd}` once, "

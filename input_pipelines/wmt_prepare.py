@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mlperf_jax.input_pipelines.source import DatasetNotFoundError
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError, read_json
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 META_VERSION = 1
@@ -98,13 +98,6 @@ def _tfds_hint(config, data_dir: str | None) -> str:
     return (f"`tfds build {config.train_dataset} --data_dir={d}` and `tfds build "
             f"{config.eval_dataset} --data_dir={d}`")
 
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -292,7 +285,7 @@ def _count_host(config, data_dir: str, sp, process_index: int, process_count: in
 
 def _legacy_counts(data_dir: str, config, process_count: int) -> dict | None:
     """Counts from the ``.stats.json`` earlier versions wrote (one key per host), if complete."""
-    old = _read_json(_prefix(data_dir, config) + ".stats.json") or {}
+    old = read_json(_prefix(data_dir, config) + ".stats.json") or {}
     keys = [f"{config.train_dataset}|{int(config.max_len)}|{process_count}|{i}"
             for i in range(process_count)]
     if not all(k in old for k in keys):
@@ -326,7 +319,7 @@ def prepare(config, data_dir: str | None, *, process_count: int = 1,
                          f"config.vocab_size={vsize}")
     digest = _sha256(vpath)
     mpath = meta_path(data_dir, config)
-    meta = _read_json(mpath) or {}
+    meta = read_json(mpath) or {}
     if force or meta.get("version") != META_VERSION or meta.get("vocab_sha256") != digest:
         meta = {"version": META_VERSION, "vocab": os.path.basename(vpath),
                 "vocab_bytes": os.path.getsize(vpath), "vocab_sha256": digest,

@@ -1,15 +1,12 @@
 """The SSD benchmark through the driver: the tiny track reaches a target and its log passes the
 official checker; a train step sharded over 8 fake devices equals one device; the schedule."""
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import run_python
-from mlperf_jax import benchmarks
 from mlperf_jax.configs import ssd as ssd_config
 
 

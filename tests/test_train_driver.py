@@ -1,6 +1,5 @@
 """The time-to-train driver on the tiny track: stop at target, abort on NaN, resume, MLPerf logs."""
 import json
-import math
 import os
 import subprocess
 import sys

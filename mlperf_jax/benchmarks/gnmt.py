@@ -6,9 +6,7 @@ Configs: ``mlperf_jax/configs/gnmt.py`` (``reference``, closed division on TFDS 
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 

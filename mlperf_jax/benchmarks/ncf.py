@@ -10,7 +10,7 @@ Configs: ``mlperf_jax/configs/ncf.py`` (``reference``, ``tiny``). See docs/ncf.m
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import optax
 
 from mlperf_jax.benchmarks.base import Benchmark, DataSource, DatasetNotFoundError
 
-from mlperf_jax.configs.ncf import REFERENCE_NUM_ITEMS, REFERENCE_NUM_USERS
+from mlperf_jax.configs.ncf import REFERENCE_NUM_USERS
 
 
 class NCF(Benchmark):

@@ -6,7 +6,7 @@ Configs: ``mlperf_jax/configs/resnet50.py`` (``reference``, the LARS convergence
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Iterator
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

@@ -6,11 +6,8 @@ Configs: ``mlperf_jax/configs/transformer.py`` (``reference``, closed division o
 """
 from __future__ import annotations
 
-import functools
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from mlperf_jax.benchmarks import translation
