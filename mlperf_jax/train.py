@@ -223,6 +223,8 @@ def run_main(argv: Sequence[str] | None = None) -> None:
             _fail(str(e))
         except benchmarks_lib.DatasetNotFoundError as e:
             _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; the same command resumes from the last checkpoint", code=130)
 
     app.run(main, argv=argv, flags_parser=parser)
 
