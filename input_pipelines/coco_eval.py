@@ -1,9 +1,15 @@
-"""COCO box evaluation with pycocotools: ground truth in memory, detections in, named stats out.
+"""COCO box and mask evaluation with pycocotools: ground truth in memory, detections in, named
+stats out.
 
-The metric is the MLPerf SSD one (spec ``detection.md`` 1.4): detections as ``{image_id,
+The box metric is the MLPerf SSD one (spec ``detection.md`` 1.4): detections as ``{image_id,
 category_id, bbox: [x, y, w, h] in pixels, score}`` go through ``COCO.loadRes`` and
 ``COCOeval(gt, dt, "bbox")``; ``"mAP"`` is ``stats[0]`` (AP at IoU .50:.95, all areas, 100
-detections). pycocotools prints as it works; everything here runs with its stdout swallowed.
+detections). The mask metric is Mask R-CNN's (spec 2, "Eval and target"): each detection's mask
+pasted into the original image as ``Masker(threshold=0.5, padding=1)`` does
+(``instance_masks.paste_masks``), RLE-encoded with ``pycocotools.mask.encode``, as ``{image_id,
+category_id, segmentation, score}`` through ``COCOeval(gt, dt, "segm")``
+(``segmentations_to_coco``, ``evaluate(..., iou_type="segm")``). pycocotools prints as it works;
+everything here runs with its stdout swallowed.
 
 Ground truth comes either from an annotation file (``instances_val2017.json``: the reference's
 ground truth, crowd flags and segmentation areas included) or from arrays
@@ -78,9 +84,19 @@ def load_annotations(path: str) -> GroundTruth:
     return GroundTruth(coco, np.asarray([0] + cats, np.int64))
 
 
+def _rle(mask: np.ndarray) -> dict:
+    """pycocotools RLE of one ``[H, W]`` 0/1 mask, ``counts`` as str (json-able, as the reference
+    writes its results)."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 def ground_truth_from_arrays(image_ids, orig_sizes, boxes, labels, num_boxes,
                              label_to_category=None, category_names: Sequence[str] | None = None,
-                             *, is_crowd=None, areas=None) -> GroundTruth:
+                             *, is_crowd=None, areas=None, masks=None) -> GroundTruth:
     """``GroundTruth`` from padded arrays, for the synthetic task and for TFDS ``coco/2017``.
 
     ``image_ids`` [n]; ``orig_sizes`` [n, 2] (height, width) in pixels; ``boxes`` [n, M, 4]
@@ -88,7 +104,11 @@ def ground_truth_from_arrays(image_ids, orig_sizes, boxes, labels, num_boxes,
     ``num_boxes`` [n] (rows past it are ignored). ``label_to_category`` [C] maps labels to
     category ids (None: the identity, category id = label). ``category_names`` names the labels
     1..C-1 in order (None: "class_1", ... for every label of the map, or seen in ``labels``).
-    Optional ``is_crowd`` [n, M] bool and ``areas`` [n, M] (pixels; default the box area).
+    Optional ``is_crowd`` [n, M] bool and ``areas`` [n, M] (pixels; default the box area, or the
+    mask's pixel count with ``masks``). Optional ``masks`` [n, M, H, W] bool/0-1 full-image
+    instance masks (or a length-n sequence of [M_i >= num_boxes[i], H_i, W_i]), each image's
+    cropped to its ``orig_sizes`` from the top-left: every annotation then carries
+    ``segmentation`` (compressed RLE, ``counts`` str) and can be scored with ``iou_type="segm"``.
     Annotation ids count from 1 (COCOeval treats id 0 as "unmatched").
     """
     image_ids = np.asarray(image_ids).astype(np.int64)
@@ -130,6 +150,22 @@ def ground_truth_from_arrays(image_ids, orig_sizes, boxes, labels, num_boxes,
         {"id": k + 1, "image_id": i, "category_id": c, "bbox": [x, y, bw_, bh_], "area": a,
          "iscrowd": cr}
         for k, (i, c, x, y, bw_, bh_, a, cr) in enumerate(zip(*cols))]
+    if masks is not None:
+        if len(masks) != n:
+            raise ValueError(f"masks for {len(masks)} images, expected {n}")
+        k = 0
+        for i in range(n):      # annotations run image by image, rows 0..num_boxes[i] - 1
+            hh, ww = int(orig_sizes[i, 0]), int(orig_sizes[i, 1])
+            mi = np.asarray(masks[i])
+            if mi.ndim != 3 or mi.shape[0] < num_boxes[i] or mi.shape[1] < hh or mi.shape[2] < ww:
+                raise ValueError(f"masks of image {i} have shape {mi.shape}; need at least "
+                                 f"[{num_boxes[i]}, {hh}, {ww}]")
+            for j in range(int(num_boxes[i])):
+                mj = mi[j, :hh, :ww] != 0
+                annotations[k]["segmentation"] = _rle(mj)
+                if areas is None:
+                    annotations[k]["area"] = float(np.count_nonzero(mj))
+                k += 1
     images = [{"id": int(i), "height": int(hh), "width": int(ww)}
               for i, (hh, ww) in zip(image_ids.tolist(), orig_sizes.tolist())]
     coco = coco_from_dataset({"images": images, "annotations": annotations,
@@ -168,17 +204,66 @@ def detections_to_coco(image_ids, boxes, scores, classes, valid, orig_size,
                                              bh[keep].tolist(), scores[keep].tolist())]
 
 
-def evaluate(gt: GroundTruth, detections: list[dict], *, image_ids=None) -> dict[str, float]:
-    """COCO bbox stats by name (``STAT_NAMES``); ``"mAP"`` is ``stats[0]``.
+def segmentations_to_coco(image_ids, boxes, scores, classes, valid, masks, orig_size,
+                          label_to_category=None, *, mask=None, threshold: float = 0.5,
+                          padding: int = 1) -> list[dict]:
+    """Mask detections of ``n`` images -> pycocotools ``segm`` results ``{image_id, category_id,
+    segmentation (RLE, counts str), score}``, as the reference's ``prepare_for_coco_segmentation``.
+
+    ``masks`` [n, K, r, r] mask probabilities of the detections' classes; the other arguments as
+    ``detections_to_coco``. Each kept detection's mask is pasted into its original image (box
+    scaled by ``orig_size``) by ``instance_masks.paste_masks`` (``Masker(threshold, padding)``)
+    and encoded with ``pycocotools.mask.encode``; one image's masks are in memory at a time.
+    """
+    from .instance_masks import paste_masks
+
+    image_ids = np.asarray(image_ids).astype(np.int64)
+    boxes = np.asarray(boxes, np.float64)
+    scores = np.asarray(scores, np.float64)
+    classes = np.asarray(classes).astype(np.int64)
+    keep = np.asarray(valid, bool).copy()
+    if mask is not None:
+        keep &= np.asarray(mask, bool)[:, None]
+    orig = np.asarray(orig_size, np.float64).reshape(-1, 2)
+    l2c = None if label_to_category is None else np.asarray(label_to_category, np.int64)
+    out = []
+    for i in range(len(image_ids)):
+        sel = np.nonzero(keep[i])[0]
+        if not len(sel):
+            continue
+        h, w = orig[i]
+        pix = boxes[i, sel] * np.array([h, w, h, w])
+        pasted = paste_masks(np.asarray(masks[i])[sel], pix, int(h), int(w),
+                             threshold=threshold, padding=padding)
+        cats = classes[i, sel] if l2c is None else l2c[classes[i, sel]]
+        img = int(image_ids[i])
+        for m, c, s in zip(pasted, cats.tolist(), scores[i, sel].tolist()):
+            out.append({"image_id": img, "category_id": c, "segmentation": _rle(m),
+                        "score": s})
+    return out
+
+
+def evaluate(gt: GroundTruth, detections: list[dict], *, image_ids=None,
+             iou_type: str = "bbox") -> dict[str, float]:
+    """COCO ``iou_type`` ("bbox" or "segm") stats by name (``STAT_NAMES``); ``"mAP"`` is
+    ``stats[0]``.
 
     ``image_ids`` restricts the evaluation to those images (as the inference accuracy script
     does with the images it saw); by default every ground-truth image counts, and images with
     neither ground truth nor detections are ignored by COCOeval. No detections give 0.0 for every
     stat (pycocotools cannot load an empty result). Detections on images the ground truth does not
-    know raise ``ValueError``. The dicts of ``detections`` gain the keys ``loadRes`` adds.
+    know raise ``ValueError``. The dicts of ``detections`` gain the keys ``loadRes`` adds. "segm"
+    needs ground truth with masks (``segmentation`` on every annotation) and detections with
+    ``segmentation`` (``segmentations_to_coco``).
     """
     from pycocotools.cocoeval import COCOeval
 
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if iou_type == "segm" and any("segmentation" not in a
+                                  for a in gt.coco.dataset.get("annotations", [])):
+        raise ValueError("segm evaluation needs ground-truth masks (annotations without "
+                         "'segmentation'; pass masks= to ground_truth_from_arrays)")
     if not detections:
         return {k: 0.0 for k in STAT_NAMES}
     known = set(gt.coco.getImgIds())
@@ -188,7 +273,7 @@ def evaluate(gt: GroundTruth, detections: list[dict], *, image_ids=None) -> dict
                          f"(e.g. {sorted(unknown)[:5]})")
     with _quiet():
         dt = gt.coco.loadRes(detections)
-        ev = COCOeval(gt.coco, dt, iouType="bbox")
+        ev = COCOeval(gt.coco, dt, iouType=iou_type)
         if image_ids is not None:
             ev.params.imgIds = sorted(int(i) for i in np.asarray(image_ids).ravel())
         ev.evaluate()

@@ -93,6 +93,9 @@ CONVENTIONS: dict[str, Convention] = {
                                task="detection"),
     "ssd-mobilenet": Convention("bilinear", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5),
                                 task="detection"),
+    # Mask R-CNN with torchvision's ResNet-50 weights (the reference's Caffe2 weights take BGR
+    # minus means instead); its resize (short side 800) is in input_pipelines/maskrcnn_input.py
+    "maskrcnn": Convention("bilinear", _TORCH_MEAN, _TORCH_STD, task="detection"),
 }
 MODELS = tuple(CONVENTIONS)
 

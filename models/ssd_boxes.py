@@ -388,7 +388,7 @@ def ssd_loss(loc, logits, loc_targets, labels, neg_pos_ratio: int = 3, *,
 # ------------------------------------------------------------------------------------------------
 # Post-processing: decode, per-class threshold + top-k + greedy NMS, overall top-k.
 
-def _greedy_nms(boxes, valid, iou_threshold):
+def greedy_nms(boxes, valid, iou_threshold):
     """Greedy NMS over candidates already in descending score order.
 
     ``boxes [K, 4]`` corners, ``valid [K]`` -> ``keep [K]`` bool. Candidate ``i`` is kept if valid
@@ -433,7 +433,7 @@ def postprocess(loc, logits, anchors, *, score_threshold: float = 0.05,
     cand_scores, cand_idx = jax.lax.top_k(masked, k)                     # [B, C', K]
     cand_valid = cand_scores > -jnp.inf
     cand_boxes = jax.vmap(lambda b, i: b[i])(boxes, cand_idx)           # [B, C', K, 4]
-    nms = jax.vmap(jax.vmap(lambda b, v: _greedy_nms(b, v, nms_iou)))
+    nms = jax.vmap(jax.vmap(lambda b, v: greedy_nms(b, v, nms_iou)))
     keep = nms(cand_boxes, cand_valid)                                   # [B, C', K]
 
     bsz, ncls = keep.shape[:2]

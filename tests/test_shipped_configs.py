@@ -15,7 +15,7 @@ K = mllog.constants
 # steps per epoch as the real datasets give them (ResNet: ImageNet's 1,281,167 images)
 SHIPPED = [("resnet50", v) for v in benchmarks.get("resnet50").config_names if v != "tiny"] + [
     ("transformer", "reference"), ("gnmt", "reference"), ("ncf", "reference"),
-    ("ssd", "reference")]
+    ("ssd", "reference"), ("maskrcnn", "reference")]
 
 
 def _write_log(path, bench, config, *, log_format="mllog", metric_value=None):
@@ -85,7 +85,7 @@ def test_lars_weight_decays_are_what_the_closed_rule_allows():
         assert math.log2(wd / 1e-4) == int(math.log2(wd / 1e-4)), (batch, wd)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "transformer", "gnmt", "ssd"])
+@pytest.mark.parametrize("name", ["resnet50", "transformer", "gnmt", "ssd", "maskrcnn"])
 def test_v06_line_format_passes_ruleset_060(tmp_path, name):
     bench = benchmarks.get(name)
     path = tmp_path / "result_0.txt"

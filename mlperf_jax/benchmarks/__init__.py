@@ -18,6 +18,7 @@ _MODULES = {
     "gnmt": "mlperf_jax.benchmarks.gnmt",
     "ncf": "mlperf_jax.benchmarks.ncf",
     "ssd": "mlperf_jax.benchmarks.ssd",
+    "maskrcnn": "mlperf_jax.benchmarks.maskrcnn",
 }
 
 
