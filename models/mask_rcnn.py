@@ -303,13 +303,11 @@ class MaskRCNN(nn.Module):
                                                               s.box_pool))
         cls_loss, box_loss = rcnn_proposals.box_head_loss(logits, box_deltas, samples)
 
-        # the mask head sees the positive RoIs only: the first num_mask_rois of them
-        order = jnp.where(samples["positive"], 0, 1) * samples["positive"].shape[1] + \
-            jnp.arange(samples["positive"].shape[1])
-        _, idx = jax.lax.top_k(-order, s.num_mask_rois)
-        take = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), 1)
-        m_rois, m_cls, m_gt, m_pos = (take(samples["rois"]), take(samples["classes"]),
-                                      take(samples["matched_gt"]), take(samples["positive"]))
+        # the mask head sees the positive RoIs only: sample_rois puts them first, and at most
+        # num_mask_rois of them (the positive quota of the sample)
+        k = s.num_mask_rois
+        m_rois, m_cls, m_gt, m_pos = (samples[n][:, :k] for n in
+                                      ("rois", "classes", "matched_gt", "positive"))
         mask_logits = self.mask_head(self._roi_features(levels, m_rois, s.mask_pool))
         targets = roi_align.mask_targets(batch["masks"], gt_boxes, m_rois, m_gt,
                                          output_size=s.mask_size)
