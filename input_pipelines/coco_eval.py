@@ -173,6 +173,16 @@ def ground_truth_from_arrays(image_ids, orig_sizes, boxes, labels, num_boxes,
     return GroundTruth(coco, label_to_category)
 
 
+def _detection_arrays(image_ids, boxes, scores, classes, valid, orig_size, mask):
+    """The detection arrays as numpy, and which rows to keep (valid and not padding)."""
+    keep = np.asarray(valid, bool).copy()
+    if mask is not None:
+        keep &= np.asarray(mask, bool)[:, None]
+    return (np.asarray(image_ids).astype(np.int64), np.asarray(boxes, np.float64),
+            np.asarray(scores, np.float64), np.asarray(classes).astype(np.int64), keep,
+            np.asarray(orig_size, np.float64).reshape(-1, 2))
+
+
 def detections_to_coco(image_ids, boxes, scores, classes, valid, orig_size,
                        label_to_category=None, *, mask=None) -> list[dict]:
     """Detections of ``n`` images -> pycocotools results (``bbox`` = [x, y, w, h] in pixels).
@@ -183,14 +193,8 @@ def detections_to_coco(image_ids, boxes, scores, classes, valid, orig_size,
     classes are category ids already, as SSD-MobileNet's 91-way output). ``mask`` [n] drops padded
     rows of a last eval batch (rows with ``mask == False``).
     """
-    image_ids = np.asarray(image_ids).astype(np.int64)
-    boxes = np.asarray(boxes, np.float64)
-    scores = np.asarray(scores, np.float64)
-    classes = np.asarray(classes).astype(np.int64)
-    keep = np.asarray(valid, bool).copy()
-    if mask is not None:
-        keep &= np.asarray(mask, bool)[:, None]
-    orig = np.asarray(orig_size, np.float64).reshape(-1, 2)
+    image_ids, boxes, scores, classes, keep, orig = _detection_arrays(
+        image_ids, boxes, scores, classes, valid, orig_size, mask)
     h, w = orig[:, 0:1], orig[:, 1:2]
     x0, y0 = boxes[..., 1] * w, boxes[..., 0] * h
     bw, bh = (boxes[..., 3] - boxes[..., 1]) * w, (boxes[..., 2] - boxes[..., 0]) * h
@@ -217,14 +221,8 @@ def segmentations_to_coco(image_ids, boxes, scores, classes, valid, masks, orig_
     """
     from .instance_masks import paste_masks
 
-    image_ids = np.asarray(image_ids).astype(np.int64)
-    boxes = np.asarray(boxes, np.float64)
-    scores = np.asarray(scores, np.float64)
-    classes = np.asarray(classes).astype(np.int64)
-    keep = np.asarray(valid, bool).copy()
-    if mask is not None:
-        keep &= np.asarray(mask, bool)[:, None]
-    orig = np.asarray(orig_size, np.float64).reshape(-1, 2)
+    image_ids, boxes, scores, classes, keep, orig = _detection_arrays(
+        image_ids, boxes, scores, classes, valid, orig_size, mask)
     l2c = None if label_to_category is None else np.asarray(label_to_category, np.int64)
     out = []
     for i in range(len(image_ids)):

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlperf_jax.models import ssd_boxes
+
 DEFAULT_SCALE_CLIP = math.log(1000.0 / 16.0)  # the reference's bbox_xform_clip
 
 
@@ -70,13 +72,7 @@ def pairwise_iou(a, b):
     ``[..., N, M]``; 0 where the union is empty."""
     a = jnp.asarray(a, jnp.float32)[..., :, None, :]
     b = jnp.asarray(b, jnp.float32)[..., None, :, :]
-    ih = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0.0)
-    iw = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0.0)
-    inter = ih * iw
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+    return ssd_boxes.iou(a, b)
 
 
 def _centre_size(b):

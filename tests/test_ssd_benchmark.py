@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from _helpers import sharded_step_script
 from conftest import run_python
 from mlperf_jax.configs import ssd as ssd_config
 
@@ -50,33 +51,11 @@ def test_schedule_warms_up_then_decays_at_the_boundaries():
                                [0.0, base / 2, base, base, base * 0.1, base * 0.01], rtol=1e-6)
 
 
-SHARDED = """
-import json, jax, numpy as np
-from mlperf_jax import sharding as S
-from mlperf_jax.benchmarks import ssd
-from mlperf_jax.configs import ssd as cfg
-from mlperf_jax.driver import compile as C, loop as L
-c = cfg.get_config("tiny")
-c.train_examples, c.eval_examples, c.global_batch_size = 64, 32, 32
-bench = ssd.BENCHMARK
-data = bench.data_source(c, None, seed=0, process_index=0, process_count=1)
-out = {}
-for name, mesh in (("one", S.make_mesh(jax.devices()[:1])), ("eight", S.make_mesh())):
-    comp = C.compile_benchmark(bench, c, mesh, data.steps_per_epoch, data.train_spec, None)
-    rng = jax.random.key(0)
-    state = comp.init(jax.random.fold_in(rng, 1))
-    losses = []
-    for batch in data.train_epoch(1, 0):
-        state, m = comp.train_step(state, S.host_batch_to_global(batch, mesh), rng)
-        losses.append(float(m["loss"]))
-    leaves = [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(L.to_host(state.params))]
-    out[name] = {"losses": losses, "params": np.concatenate(leaves).tolist()}
-print("RESULT " + json.dumps({"n": jax.device_count(), **out}))
-"""
 
 
 def test_train_step_on_8_fake_devices_equals_1_device():
-    proc = run_python(["-c", SHARDED], devices=8, timeout=600)
+    script = sharded_step_script("ssd", train_examples=64, eval_examples=32, global_batch_size=32)
+    proc = run_python(["-c", script], devices=8, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
     assert out["n"] == 8 and len(out["one"]["losses"]) == 2
