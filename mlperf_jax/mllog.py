@@ -94,30 +94,60 @@ class RunLogger:
             self._logger.addHandler(h)
         # stack offset 2: report the driver line that called event()/start()/end() here.
         self._ml = _mllog_impl.MLLogger(logger=self._logger, default_stack_offset=2)
+        # the log's clock: wall time minus the time spent paused (untimed evaluations)
+        self._paused_s = 0.0
+        self._frozen: float | None = None
+        #: the time the last line carries (what a later line's check may compare with)
+        self.last_time_s: float | None = None
+
+    def now(self) -> float:
+        """The time the next line carries (seconds since the epoch, paused time left out), to
+        the millisecond the lines are written with."""
+        t = self._frozen if self._frozen is not None else time.time() - self._paused_s
+        return round(t, 3)
+
+    def pause(self) -> None:
+        """Stop the log's clock: lines carry this moment until ``resume`` (MiniGo's reference
+        stamps each untimed evaluation with the time its model finished training)."""
+        if self._frozen is None:
+            self._frozen = self.now()
+
+    def resume(self) -> None:
+        """Restart the clock where it stopped: the paused time is left out of every later line."""
+        if self._frozen is not None:
+            self._paused_s = time.time() - self._frozen
+            self._frozen = None
 
     def _v06(self, key: str, value: Any, metadata: dict | None) -> None:
         # stack: get_caller <- _v06 <- event/start/end <- the caller we report
         md = _mllog_impl.get_caller(3)
         md.update(metadata or {})
-        self._logger.info(format_v06(key, value, md))
+        self.last_time_s = self.now()
+        self._logger.info(format_v06(key, value, md, now=self.last_time_s))
 
     def event(self, key: str, value: Any = None, metadata: dict | None = None) -> None:
         if self.log_format == "v0.6":
             self._v06(key, value, metadata)
         else:
-            self._ml.event(key=key, value=value, metadata=metadata)
+            self.last_time_s = self.now()
+            self._ml.event(key=key, value=value, metadata=metadata,
+                          time_ms=int(round(self.last_time_s * 1000)))
 
     def start(self, key: str, value: Any = None, metadata: dict | None = None) -> None:
         if self.log_format == "v0.6":
             self._v06(key, value, metadata)
         else:
-            self._ml.start(key=key, value=value, metadata=metadata)
+            self.last_time_s = self.now()
+            self._ml.start(key=key, value=value, metadata=metadata,
+                          time_ms=int(round(self.last_time_s * 1000)))
 
     def end(self, key: str, value: Any = None, metadata: dict | None = None) -> None:
         if self.log_format == "v0.6":
             self._v06(key, value, metadata)
         else:
-            self._ml.end(key=key, value=value, metadata=metadata)
+            self.last_time_s = self.now()
+            self._ml.end(key=key, value=value, metadata=metadata,
+                          time_ms=int(round(self.last_time_s * 1000)))
 
     def close(self) -> None:
         for h in self._handlers:

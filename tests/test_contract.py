@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -162,3 +163,35 @@ def test_explicit_eval_epochs(tmp_path):
               for x in recs if x["key"] == "block_start"]
     assert blocks == [{"first_epoch_num": 1, "epoch_count": 2}, {"first_epoch_num": 3,
                       "epoch_count": 3}, {"first_epoch_num": 6, "epoch_count": 1}]
+
+
+class _SlowUntimedEval(SelfPlay):
+    """SelfPlay whose evaluation takes a second and is off the clock (as MiniGo's match)."""
+
+    eval_timed = False
+
+    def eval_metric(self, config, outputs, context):
+        time.sleep(1.0)
+        return super().eval_metric(config, outputs, context)
+
+
+def test_untimed_evaluation_is_left_out_of_the_clock_and_the_log(tmp_path):
+    bench = _SlowUntimedEval([])
+    t0 = time.perf_counter()
+    r = T.train(bench, bench.get_config("tiny"), _opts(tmp_path, checkpoint=False),
+                print_fn=lambda s: None).runs[0]
+    wall = time.perf_counter() - t0
+    recs = _records(r.log_path)
+    t = {k: [x["time_ms"] / 1000 for x in recs if x["key"] == k]
+         for k in ("run_start", "run_stop", "epoch_stop", "eval_start", "eval_accuracy",
+                   "eval_stop", "epoch_start")}
+    logged = t["run_stop"][0] - t["run_start"][0]
+    # four 1 s evaluations: neither the result nor the log's run counts them
+    assert r.time_to_train_s < wall - 4.0 and abs(logged - r.time_to_train_s) < 0.5
+    # each evaluation carries the moment its epoch's training ended, and time never runs back
+    for stop, a, b, c in zip(t["epoch_stop"], t["eval_start"], t["eval_accuracy"], t["eval_stop"]):
+        assert stop <= a == b == c < stop + 0.05
+    times = [x["time_ms"] for x in recs]
+    assert times == sorted(times)
+    code, out = _checker(r.log_path)
+    assert code == 0, out

@@ -19,6 +19,7 @@ _MODULES = {
     "ncf": "mlperf_jax.benchmarks.ncf",
     "ssd": "mlperf_jax.benchmarks.ssd",
     "maskrcnn": "mlperf_jax.benchmarks.maskrcnn",
+    "minigo": "mlperf_jax.benchmarks.minigo",
 }
 
 

@@ -68,6 +68,9 @@ class Program:
 
     fn: Callable[..., Any]
     arg_specs: tuple = ()
+    #: indices of ``arg_specs`` whose leading axis is split over the mesh's data axis (MiniGo's
+    #: per-game keys: each device plays its share of the games)
+    sharded_args: tuple[int, ...] = ()
 
 
 class Benchmark(abc.ABC):
@@ -90,6 +93,10 @@ class Benchmark(abc.ABC):
     tunable_hparams: frozenset[str] = frozenset({"global_batch_size"})
     #: dotted config keys that switch implementations without changing the mathematics
     implementation_keys: frozenset[str] = frozenset()
+    #: False when the rules leave evaluation off the clock (MiniGo v0.6+: each generation's
+    #: match is stamped with the time that generation finished training): the driver stops the
+    #: clock and the log's timestamps while it evaluates
+    eval_timed: bool = True
 
     # ---------------------------------------------------------------- configs
     @property
@@ -128,6 +135,11 @@ class Benchmark(abc.ABC):
         if not epochs or epochs[-1] != n:
             epochs.append(n)
         return epochs
+
+    def reference_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """The reference a closed-division ``config`` is compared with (MiniGo has one per board
+        size: the v0.6 9x9 and the later rules' 19x19)."""
+        return self.get_config("reference")
 
     def closed_division_violations(self, config: ml_collections.ConfigDict,
                                    reference: ml_collections.ConfigDict) -> list[str]:
@@ -171,6 +183,18 @@ class Benchmark(abc.ABC):
 
     def programs(self, config: ml_collections.ConfigDict) -> dict[str, Program]:
         """Extra programs to compile ahead of time with the train step (none by default)."""
+        return {}
+
+    def epoch_end_lines(self, config: ml_collections.ConfigDict, epoch: int) -> dict[str, Any]:
+        """MLLOG key -> value (or ``(value, metadata)``) logged when epoch ``epoch``'s training
+        ends, before ``epoch_stop`` (MiniGo: ``save_model`` of each generation)."""
+        return {}
+
+    def success_lines(self, config: ml_collections.ConfigDict, epoch: int,
+                      model_time_s: float) -> dict[str, Any]:
+        """Lines logged before ``run_stop`` of a run that reached its target at ``epoch``, whose
+        training ended ``model_time_s`` after ``run_start`` on the log's clock (MiniGo v0.6:
+        ``eval_result``)."""
         return {}
 
     def partition_rules(self, config: ml_collections.ConfigDict) -> tuple:

@@ -89,9 +89,10 @@ def compile_benchmark(bench: Benchmark, config: ml_collections.ConfigDict, mesh:
     ).lower(abstract, eval_spec).compile()
     programs = {}
     for name, prog in bench.programs(config).items():
+        arg_sh = tuple(bsh if i in prog.sharded_args else getattr(s, "sharding", None) or repl
+                       for i, s in enumerate(prog.arg_specs))
         programs[name] = jax.jit(
-            prog.fn, in_shardings=(state_sh.params, state_sh.model_state)
-            + tuple(getattr(s, "sharding", None) or repl for s in prog.arg_specs),
+            prog.fn, in_shardings=(state_sh.params, state_sh.model_state) + arg_sh,
         ).lower(abstract.params, abstract.model_state, *prog.arg_specs).compile()
     compile_s = time.perf_counter() - t0
     return Compiled(init_c, train_c, eval_c, programs, state_sh, abstract, schedule, compile_s)

@@ -202,9 +202,13 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
                   metadata={"epoch_num": start_epoch, "step": step, "resumes": n_resumes})
     else:
         log.start(K.RUN_START)
+    t_log_start = float(meta.get("log_run_start_s", log.last_time_s or 0.0))
+    model_times = dict(meta.get("model_times", {}))  # epoch -> end of its training, log clock
+
+    paused = [0.0]  # seconds of untimed evaluation (Benchmark.eval_timed False)
 
     def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t_run
+        return elapsed_before + time.perf_counter() - t_run - paused[0]
 
     def save(next_epoch: int, skip: int) -> None:
         if ckpt is None or not opts.checkpoint:
@@ -212,7 +216,8 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
         ckpt.save(step, state, {
             "elapsed_s": elapsed(), "units": units_done, "samples": samples_done,
             "units_name": units_name, "train_time_s": train_time, "epoch": next_epoch,
-            "step_in_epoch": skip, "last_metrics": last_metrics, "resumes": n_resumes},
+            "step_in_epoch": skip, "last_metrics": last_metrics, "resumes": n_resumes,
+            "log_run_start_s": t_log_start, "model_times": model_times},
             data.get_state() if data.get_state is not None else None)
 
     status, reason = "aborted", "epoch budget exhausted before the target was reached"
@@ -271,10 +276,17 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
                     callbacks.on_step(run, step)
             _check_finite(last, step)
             train_time += time.perf_counter() - t_epoch
+            for key, value in bench.epoch_end_lines(config, epoch).items():
+                _log_value(log, key, value, {"epoch_num": epoch})
+            # when this epoch's model was final (MiniGo's save_model line, if any)
+            model_times[str(epoch)] = round((log.last_time_s or 0.0) - t_log_start, 3)
             log.end(K.EPOCH_STOP, metadata={"epoch_num": epoch})
             if epoch not in eval_epochs:
                 continue
             log.end(K.BLOCK_STOP, metadata={"first_epoch_num": first})
+            if not bench.eval_timed:
+                t_pause = time.perf_counter()
+                log.pause()
             log.start(K.EVAL_START, metadata={"epoch_num": epoch})
             if not context_cache:
                 context_cache.append(data.eval_context() if data.eval_context else None)
@@ -285,10 +297,16 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
             log.event(K.EVAL_ACCURACY, target.log_value(last_metrics),
                       metadata={"epoch_num": epoch})
             log.end(K.EVAL_STOP, metadata={"epoch_num": epoch})
+            if not bench.eval_timed:
+                log.resume()
+                paused[0] += time.perf_counter() - t_pause
             bar.set_postfix_str(_postfix(epoch, last, last_metrics, target, elapsed()))
             save(epoch + 1, 0)
             if target.reached(last_metrics):
                 status, reason = "success", ""
+                for key, value in bench.success_lines(
+                        config, epoch, model_times.get(str(epoch), 0.0)).items():
+                    _log_value(log, key, value)
                 break
     except DivergedError as e:
         status, reason = "aborted", str(e)

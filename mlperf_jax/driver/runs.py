@@ -82,7 +82,7 @@ def resolve(bench: Benchmark, config: ml_collections.ConfigDict, opts: RunOption
         if config.get("dataset") == "synthetic":
             raise UserError("the tiny track trains on synthetic data and is open division only; "
                             "use --division=open or a real dataset with --data_dir")
-        bad = bench.closed_division_violations(config, bench.get_config("reference"))
+        bad = bench.closed_division_violations(config, bench.reference_config(config))
     if opts.mesh_model <= 0 or jax.device_count() % opts.mesh_model:
         raise UserError(f"--mesh_model={opts.mesh_model} must divide the {jax.device_count()} "
                         "devices")
