@@ -131,7 +131,8 @@ def _recurrent_fn(env: Go, apply_fn: ApplyFn):
 
 
 def search(apply_fn: ApplyFn, params, model_state, keys, state, *, env: Go, num_simulations: int,
-           dirichlet_fraction: float = 0.0, dirichlet_alpha: float | None = None):
+           dirichlet_fraction: float = 0.0, dirichlet_alpha: float | None = None,
+           algorithm: str = "muzero", gumbel_scale: float = 1.0):
     """MuZero-style MCTS (``mctx.muzero_policy``, PUCT as AlphaGo Zero/MiniGo) from every state of
     the batch ``state`` (games axis leading), one independent search per game with its own key
     (``keys`` typed, ``[G]``). Returns ``(visit distribution [G, N*N+1], root value [G])``; the
@@ -146,10 +147,16 @@ def search(apply_fn: ApplyFn, params, model_state, keys, state, *, env: Go, num_
         logits, value = apply_fn(params, model_state, features_of(st))
         root = mctx.RootFnOutput(prior_logits=_masked_logits(logits, st.legal_action_mask),
                                  value=value.astype(jnp.float32), embedding=st)
-        out = mctx.muzero_policy(net, key, root, rec, num_simulations=num_simulations,
-                                 invalid_actions=~st.legal_action_mask,
-                                 dirichlet_fraction=dirichlet_fraction,
-                                 dirichlet_alpha=dirichlet_alpha)
+        if algorithm == "gumbel":  # Gumbel MuZero: policy improvement with few simulations
+            out = mctx.gumbel_muzero_policy(net, key, root, rec, num_simulations=num_simulations,
+                                            invalid_actions=~st.legal_action_mask,
+                                            qtransform=mctx.qtransform_completed_by_mix_value,
+                                            gumbel_scale=gumbel_scale)
+        else:
+            out = mctx.muzero_policy(net, key, root, rec, num_simulations=num_simulations,
+                                     invalid_actions=~st.legal_action_mask,
+                                     dirichlet_fraction=dirichlet_fraction,
+                                     dirichlet_alpha=dirichlet_alpha)
         return out.action_weights[0], out.search_tree.summary().value[0]
 
     st1 = jax.tree_util.tree_map(lambda x: x[:, None], state)
@@ -163,7 +170,7 @@ def search(apply_fn: ApplyFn, params, model_state, keys, state, *, env: Go, num_
 def selfplay(apply_fn: ApplyFn, params, model_state, key, *, board_size: int, komi: float,
              num_games: int, num_simulations: int, max_moves: int,
              dirichlet_alpha: float | None = None, dirichlet_fraction: float = 0.25,
-             temperature_moves: int | None = None) -> dict:
+             temperature_moves: int | None = None, algorithm: str = "muzero") -> dict:
     """Play ``num_games`` self-play games (one per slot, no auto-reset) for ``max_moves`` plies.
 
     ``key``: one key, or per-game keys of shape ``[num_games]`` (typed or raw) -- pass those,
@@ -195,7 +202,7 @@ def selfplay(apply_fn: ApplyFn, params, model_state, key, *, board_size: int, ko
         t, key_t = xs
         kk = jax.vmap(jax.random.split)(key_t)
         weights, root_value = search(apply_fn, params, model_state, kk[:, 0], state, env=env,
-                                     num_simulations=num_simulations,
+                                     num_simulations=num_simulations, algorithm=algorithm,
                                      dirichlet_fraction=dirichlet_fraction,
                                      dirichlet_alpha=dirichlet_alpha)
         action = jax.vmap(_pick_action, in_axes=(0, 0, None))(kk[:, 1], weights,
@@ -245,7 +252,8 @@ def _greedy_action(env: Go, key, state):
     return jnp.argmax(jnp.where(best, jax.random.uniform(key, value.shape), -1.0)).astype(jnp.int32)
 
 
-def _act(kind, apply_fn, net, keys, state, t, *, env, num_simulations, temperature_moves):
+def _act(kind, apply_fn, net, keys, state, t, *, env, num_simulations, temperature_moves,
+         algorithm="muzero"):
     if kind == "random":
         return jax.vmap(_random_action)(keys, state)
     if kind == "greedy":
@@ -253,6 +261,7 @@ def _act(kind, apply_fn, net, keys, state, t, *, env, num_simulations, temperatu
     if kind == "network":
         kk = jax.vmap(jax.random.split)(keys)
         weights, _ = search(apply_fn, net[0], net[1], kk[:, 0], state, env=env,
+                            algorithm=algorithm, gumbel_scale=0.0,
                             num_simulations=num_simulations, dirichlet_fraction=0.0)
         return jax.vmap(_pick_action, in_axes=(0, 0, None))(kk[:, 1], weights,
                                                           t < temperature_moves)
@@ -260,7 +269,10 @@ def _act(kind, apply_fn, net, keys, state, t, *, env, num_simulations, temperatu
 
 
 def match_games(key, net_a, net_b, *, kind_a, apply_a, kind_b, apply_b, board_size, komi,
-                num_games, num_simulations, max_moves, temperature_moves):
+                num_games, num_simulations, max_moves, temperature_moves, algorithm="muzero"):
+    """Traceable core of a match (jit it, or call it inside a jitted step): ``num_games`` games of
+    side a against side b, a black in the even-numbered games; per game ``reward`` (a's final
+    reward), ``a_black``, ``length`` and ``terminated``."""
     env = make_env(board_size, komi, max_moves)
     keys = _to_game_keys(key, num_games)
     ks = jax.vmap(lambda k: jax.random.split(k, max_moves + 1))(keys)
@@ -268,7 +280,8 @@ def match_games(key, net_a, net_b, *, kind_a, apply_a, kind_b, apply_b, board_si
     a_black = jnp.arange(num_games) % 2 == 0
     black_player = state.current_player
     a_player = jnp.where(a_black, black_player, 1 - black_player)
-    cfg = dict(env=env, num_simulations=num_simulations, temperature_moves=temperature_moves)
+    cfg = dict(env=env, num_simulations=num_simulations, temperature_moves=temperature_moves,
+               algorithm=algorithm)
 
     def step(carry, xs):
         state, ret = carry

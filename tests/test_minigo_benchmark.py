@@ -1,8 +1,12 @@
-"""The MiniGo benchmark through the driver: a killed run resumes to the same parameters (the replay
-window is the checkpointed data state), the board symmetries of the training input, and self-play
-and the train step on 8 fake devices equal 1 device. (The tiny track is not tuned yet: no test
-here expects a run to reach a target, so none runs the checker on a converged log.)"""
+"""The MiniGo benchmark through the driver: logs that pass the official checker in both line
+formats (0.7.0 open rules; 0.6.0 minigo.yaml with save_model and eval_result), a killed run that
+resumes to the same parameters (the replay window is the checkpointed data state), the board
+symmetries of the training input, and self-play and the train step on 8 fake devices equal 1
+device."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +24,32 @@ def _small(**kw):
     for k, v in kw.items():
         c[k] = v
     return c
+
+
+def _checker(path, ruleset):
+    proc = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage",
+                           "training", "--ruleset", ruleset, path], capture_output=True,
+                          text=True, cwd=os.path.dirname(path))
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("log_format,round_,ruleset", [("mllog", None, "0.7.0"),
+                                                       ("v0.6", "v0.6", "0.6.0")])
+def test_logs_pass_the_checker(tmp_path, log_format, round_, ruleset):
+    # a short run against the random player (the tiny track itself plays the greedy one): this
+    # checks the log lines, save_model each generation and v0.6's eval_result at the end
+    config = _small(games_per_generation=64, num_readouts=8, max_moves=50, eval_games=20,
+                    eval_batch_size=20, target_model="random", target=0.6)
+    opts = T.RunOptions(workdir=str(tmp_path), progress=False, config_name="tiny", num_runs=1,
+                        checkpoint=False, log_format=log_format, round=round_)
+    r = T.train("minigo", config, opts, print_fn=lambda s: None).runs[0]
+    assert r.status == "success", (r.reason, r.metrics)
+    code, out = _checker(r.log_path, ruleset)
+    assert code == 0, out
+    text = open(r.log_path).read()
+    assert "save_model" in text and "actual_selfplay_games_per_generation" in text
+    if log_format == "v0.6":
+        assert "eval_result" in text  # the generation that reached the target, and when
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
@@ -79,6 +109,7 @@ from mlperf_jax.configs import minigo as cfg
 from mlperf_jax.driver import compile as C, loop as L
 c = cfg.get_config("tiny")
 c.games_per_generation, c.num_readouts, c.max_moves, c.global_batch_size = 16, 4, 16, 64
+c.eval_games = c.eval_batch_size = 16  # divisible by the 8 devices
 bench = minigo.BENCHMARK
 out = {}
 for name, mesh in (("one", S.make_mesh(jax.devices()[:1])), ("eight", S.make_mesh())):

@@ -142,7 +142,8 @@ class MiniGoBenchmark(Benchmark):
                 komi=float(config.komi), num_games=g, num_simulations=int(config.num_readouts),
                 max_moves=int(config.max_moves),
                 dirichlet_fraction=float(config.dirichlet_fraction),
-                temperature_moves=int(config.temperature_moves) or None)
+                temperature_moves=int(config.temperature_moves) or None,
+                algorithm=str(config.search))
 
         keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), g))
         return {"selfplay": Program(play, (keys,), sharded_args=(0,))}
@@ -164,7 +165,7 @@ class MiniGoBenchmark(Benchmark):
             apply_a=_apply_fn(self._net(config)), kind_b=kind_b, apply_b=apply_b,
             board_size=int(config.board_size), komi=float(config.komi),
             num_games=batch["game"].shape[0], num_simulations=int(config.num_readouts),
-            max_moves=int(config.max_moves), temperature_moves=0)
+            max_moves=int(config.max_moves), temperature_moves=0, algorithm=str(config.search))
         # game i's colours come from its index: ours is black in the even-numbered games
         return {"won": (out["reward"] > 0) & batch["mask"], "mask": batch["mask"]}
 
