@@ -42,10 +42,8 @@ runs of the image order above) and ``DATA_DIR/maskrcnn/{split}.json`` (``metadat
     masks           bytes   zlib (``zlib.compress``, zlib container) of uint8 [n, R, R] in C order
 
 Each mask is the instance's full-image mask cropped to its (clipped) box and resampled to
-``R x R`` (``mask_size``, 112 by default) by ``instance_masks.crop_masks``'s rule, then quantised
-as ``floor(255 * m + 0.5)``. (``crop_masks`` itself is an unoptimised ``einsum`` over the whole
-image, seconds per instance; ``crop_instance`` evaluates the same bilinear rule from its 2 x 2
-taps per cell, equal up to float64 rounding, in about 0.1 ms.)
+``R x R`` (``mask_size``, 112 by default) by ``instance_masks.crop_masks``, then quantised as
+``floor(255 * m + 0.5)``.
 
 Preparation is idempotent: when ``{split}.json`` exists, matches (format version, mask size, the
 annotation file and its size, shard count when given) and all its shards are there, ``prepare``
@@ -69,7 +67,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mlperf_jax.input_pipelines import coco_eval
+from mlperf_jax.input_pipelines import coco_eval, instance_masks
 from mlperf_jax.input_pipelines.source import DatasetNotFoundError, read_json
 
 log = logging.getLogger(__name__)
@@ -172,35 +170,6 @@ def ann_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle)
 
 
-def _axis_taps(lo: float, hi: float, size: int, extent: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The two bilinear taps of ``size`` samples spread over ``[lo, hi)`` on one axis of
-    ``extent`` pixels, as ``instance_masks._axis_weights`` places them: ``(k0, w0, k1, w1)``,
-    indices clipped into the axis and weights zero where a tap falls outside it."""
-    t = (np.arange(size, dtype=np.float64) + 0.5) / size
-    pos = np.float64(lo) + t * (np.float64(hi) - np.float64(lo)) - 0.5
-    k0 = np.floor(pos)
-    f = pos - k0
-    k0 = k0.astype(np.int64)
-    k1 = k0 + 1
-    w0 = np.where((k0 >= 0) & (k0 < extent), 1.0 - f, 0.0)
-    w1 = np.where((k1 >= 0) & (k1 < extent), f, 0.0)
-    return np.clip(k0, 0, extent - 1), w0, np.clip(k1, 0, extent - 1), w1
-
-
-def crop_instance(mask: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """float32 [size, size]: ``instance_masks.crop_masks(mask, box, size)`` for one mask [H, W] and
-    box [4] (pixels), as the 2 x 2 bilinear taps per cell instead of a sum over the whole image
-    (equal up to float64 rounding; ``crop_masks`` takes seconds on a COCO image)."""
-    h, w = mask.shape
-    y0, wy0, y1, wy1 = _axis_taps(box[0], box[2], size, h)
-    x0, wx0, x1, wx1 = _axis_taps(box[1], box[3], size, w)
-    m = np.asarray(mask)
-    out = (wy0[:, None] * (wx0 * m[y0[:, None], x0] + wx1 * m[y0[:, None], x1])
-           + wy1[:, None] * (wx0 * m[y1[:, None], x0] + wx1 * m[y1[:, None], x1]))
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
 def quantize(masks: np.ndarray) -> np.ndarray:
     """float masks in [0, 1] -> uint8 0..255, rounded half up."""
     return np.floor(np.clip(masks, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -257,7 +226,7 @@ def record_masks(record: dict[str, Any], mask_size: int) -> np.ndarray:
     h, w = record["height"], record["width"]
     out = np.zeros((len(record["segmentations"]), mask_size, mask_size), np.uint8)
     for i, (segm, box) in enumerate(zip(record["segmentations"], record["boxes"])):
-        out[i] = quantize(crop_instance(ann_to_mask(segm, h, w), box, mask_size))
+        out[i] = quantize(instance_masks.crop_masks(ann_to_mask(segm, h, w), box, mask_size))
     return out
 
 

@@ -217,16 +217,6 @@ def test_missing_shard_reported(data_dir, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_crop_instance_is_crop_masks():
-    rng = np.random.default_rng(1)
-    mask = (rng.random((23, 31)) < 0.5).astype(np.uint8)
-    lo = rng.uniform(-4, 20, (12, 2))
-    boxes = np.concatenate([lo, lo + rng.uniform(0.3, 15, (12, 2))], -1)  # yxyx, some outside
-    for box in list(boxes) + [np.array([0, 0, 23, 31.0]), np.array([5, 7, 5.5, 7.25])]:
-        np.testing.assert_allclose(ci.crop_instance(mask, box, 9), crop_masks(mask, box, 9),
-                                   atol=1e-6)
-
-
 # ------------------------------------------------------------------ sizes
 def test_get_size_by_hand():
     lo, hi = 32, 60
