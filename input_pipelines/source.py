@@ -48,6 +48,9 @@ class DataSource:
     ``before_epoch``); otherwise every epoch has ``steps_per_epoch`` steps. When the data is not a
     pure function of (seed, epoch), ``get_state()`` returns a pytree of numpy arrays and scalars
     that goes into every checkpoint and ``set_state`` puts it back on resume.
+
+    ``rates()`` reports the data side's own throughput over the run so far (MiniGo's
+    ``{"self-play positions": positions/s}``), for the result table beside the train step's.
     """
 
     num_train_samples: int
@@ -66,6 +69,7 @@ class DataSource:
     epoch_steps: Callable[[int], int] | None = None
     get_state: Callable[[], PyTree] | None = None
     set_state: Callable[[PyTree], None] | None = None
+    rates: Callable[[], dict[str, float]] | None = None
 
     def steps_in_epoch(self, epoch: int) -> int:
         return int(self.epoch_steps(epoch)) if self.epoch_steps is not None else self.steps_per_epoch

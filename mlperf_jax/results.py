@@ -29,6 +29,7 @@ class RunResult:
     reason: str = ""
     metrics: dict = dataclasses.field(default_factory=dict)
     resumed: int = 0  # how many times this run was resumed from a checkpoint
+    rates: dict = dataclasses.field(default_factory=dict)  # the data side's units/s (self-play)
 
     @property
     def converged(self) -> bool:
@@ -96,8 +97,10 @@ def format_table(benchmark: str, config_name: str, results: Sequence[RunResult],
     if synthetic:
         title += " -- TINY TRACK on synthetic data: not an MLPerf result"
     lines.append(title)
+    extra = sorted({k for r in results for k in r.rates})
     hdr = (f"{'run':>3} {'seed':>11} {'status':>8} {'ttt (s)':>9} {'epochs':>7} "
-           f"{metric + ' (final)':>14} {'throughput':>18} {'compile (s)':>11}")
+           f"{metric + ' (final)':>14} {'throughput':>18}"
+           + "".join(f" {k + '/s':>{max(14, len(k) + 2)}}" for k in extra) + f" {'compile (s)':>11}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for r in results:
@@ -106,8 +109,10 @@ def format_table(benchmark: str, config_name: str, results: Sequence[RunResult],
         mark = "" if r.run in score.used_runs else " (dropped)"
         if r.resumed:
             mark += f" (resumed{'' if r.resumed == 1 else ' x' + str(r.resumed)})"
+        rates = "".join(f" {r.rates[k]:>{max(14, len(k) + 2)},.1f}" if k in r.rates
+                        else f" {'-':>{max(14, len(k) + 2)}}" for k in extra)
         lines.append(f"{r.run:>3} {r.seed:>11} {r.status:>8} {r.time_to_train_s:>9.2f} "
-                     f"{r.epochs:>7.2f} {m:>14} {tp:>18} {r.compile_time_s:>11.2f}{mark}")
+                     f"{r.epochs:>7.2f} {m:>14} {tp:>18}{rates} {r.compile_time_s:>11.2f}{mark}")
     lines.append("-" * len(hdr))
     conv = sum(r.converged for r in results)
     lines.append(f"target: {target}   converged runs: {conv}/{len(results)}")
@@ -127,6 +132,10 @@ def format_table(benchmark: str, config_name: str, results: Sequence[RunResult],
         mean_ct = sum(r.compile_time_s for r in results) / len(results)
         lines.append(f"mean train throughput: {mean_tp:,.1f} {results[0].throughput_unit}/s "
                      f"(compile excluded); mean compile time: {mean_ct:.2f} s")
+        for k in extra:
+            vals = [r.rates[k] for r in results if k in r.rates]
+            lines.append(f"mean {k} throughput: {sum(vals) / len(vals):,.1f} {k}/s "
+                         "(inside the timed run; compile excluded)")
     return "\n".join(lines)
 
 

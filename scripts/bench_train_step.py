@@ -5,7 +5,10 @@
 
 Prints ``N <unit>/s`` (compile excluded), the compile time, and the achieved FLOP/s (XLA's cost
 analysis of the compiled step) as a fraction of the peak measured in the same run by a large
-matmul. For ResNet-50 with ``--torch`` (default: on when torch is importable) it measures
+matmul. For MiniGo it also measures self-play (``--selfplay_games`` games of ``--selfplay_moves``
+moves, the config's readouts per move): moves/s and network evaluations/s, beside its peer measured
+in the same run: pgx's Go environment alone (random legal moves, same board, same games under
+``vmap`` in one ``lax.scan``), which is how pgx measures its own throughput. For ResNet-50 with ``--torch`` (default: on when torch is importable) it measures
 torchvision's ResNet-50 training step on the same machine, same batch, side by side.
 """
 from __future__ import annotations
@@ -27,6 +30,8 @@ flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (defaul
 flags.DEFINE_bool("torch", None, "also measure torchvision (ResNet-50 only); default: if installed")
 flags.DEFINE_integer("matmul_size", 4096, "size of the square matmul that measures the peak")
 flags.DEFINE_bool("fsdp", False, "shard parameters over the devices")
+flags.DEFINE_integer("selfplay_games", 16, "minigo: games played at once in the self-play measurement")
+flags.DEFINE_integer("selfplay_moves", 4, "minigo: moves per game in the self-play measurement")
 FLAGS = flags.FLAGS
 
 
@@ -55,6 +60,9 @@ def bench_jax():
     bench = benchmarks.get(FLAGS.benchmark)
     config = bench.get_config(FLAGS.config)
     config.global_batch_size = FLAGS.batch_size
+    if "games_per_generation" in config:  # minigo: the self-play program measured below
+        config.games_per_generation = FLAGS.selfplay_games
+        config.max_moves = FLAGS.selfplay_moves
     if FLAGS.dtype:
         config.dtype = FLAGS.dtype
     rng = np.random.default_rng(0)
@@ -96,9 +104,62 @@ def bench_jax():
         jax.block_until_ready(state.params)
         best = min(best, (time.perf_counter() - t) / FLAGS.steps)
     unit, per_step = bench.throughput_units(config, batch)
-    return {"unit": unit, "per_step": per_step, "step_s": best, "compile_s": compile_s,
-            "flops": step_flops, "dtype": config.get("dtype", "float32"),
-            "platform": jax.devices()[0].platform, "n_devices": jax.device_count()}
+    r = {"unit": unit, "per_step": per_step, "step_s": best, "compile_s": compile_s,
+         "flops": step_flops, "dtype": config.get("dtype", "float32"),
+         "platform": jax.devices()[0].platform, "n_devices": jax.device_count()}
+    if "selfplay" in c.programs:
+        r["selfplay"] = bench_selfplay(c.programs["selfplay"], state, config)
+    return r
+
+
+def bench_selfplay(play, state, config) -> dict:
+    """Moves/s of the compiled self-play program (already compiled: the first call is timed too,
+    the best of ``--repeats`` is kept)."""
+    import jax
+    import numpy as np
+    keys = jax.random.split(jax.random.key(1), int(config.games_per_generation))
+    best, moves = float("inf"), 0
+    for _ in range(FLAGS.repeats):
+        t = time.perf_counter()
+        out = play(state.params, state.model_state, keys)
+        valid = np.asarray(jax.device_get(out["valid"]))
+        best = min(best, time.perf_counter() - t)
+        moves = int(valid.sum())
+    return {"moves": moves, "seconds": best, "readouts": int(config.num_readouts),
+            "env_steps_s": bench_pgx_env(int(config.board_size), float(config.komi),
+                                         int(config.games_per_generation)),
+            "games": int(config.games_per_generation), "board": int(config.board_size),
+            "search": str(config.search)}
+
+
+def bench_pgx_env(board: int, komi: float, games: int, moves: int = 64) -> float:
+    """pgx Go steps/s with uniformly random legal moves: ``games`` boards under ``vmap``, ``moves``
+    plies in one compiled ``lax.scan`` (games that end stay ended; every step counts)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mlperf_jax.input_pipelines import go_selfplay
+    env = go_selfplay.make_env(board, komi, None)
+
+    @jax.jit
+    def play(key):
+        state = jax.vmap(env.init)(jax.random.split(key, games))
+
+        def step(state, k):
+            logits = jnp.where(state.legal_action_mask, 0.0, -jnp.inf)
+            action = jax.random.categorical(k, logits)
+            return jax.vmap(env.step)(state, action), None
+        state, _ = jax.lax.scan(step, state, jax.random.split(key, moves))
+        return state.current_player
+
+    key = jax.random.key(2)
+    play(key).block_until_ready()  # compile
+    best = float("inf")
+    for _ in range(FLAGS.repeats):
+        t = time.perf_counter()
+        play(key).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return games * moves / best
 
 
 def matmul_peak_torch(n: int) -> float:
@@ -165,6 +226,17 @@ def main(argv):
     print(f"jax: {achieved / 1e9:,.1f} GFLOP/s achieved ({r['flops'] / 1e9:,.2f} GFLOP/step) = "
           f"{100 * achieved / peak:.0f}% of the {r['dtype']} matmul peak {peak / 1e9:,.1f} GFLOP/s "
           f"measured now")
+    if "selfplay" in r:
+        sp = r["selfplay"]
+        mps = sp["moves"] / sp["seconds"]
+        print(f"jax: self-play {mps:,.2f} moves/s ({sp['moves']} moves in {sp['games']} games "
+              f"on {sp['board']}x{sp['board']}, {sp['readouts']} readouts per move, "
+              f"{sp['search']} search) = {mps * sp['readouts']:,.0f} network evaluations/s "
+              f"({sp['seconds']:.2f} s, compile excluded)")
+        print(f"pgx: Go environment alone {sp['env_steps_s']:,.0f} steps/s (same board and games, "
+              f"random legal moves; the peer): each search simulation is one environment step plus "
+              f"one network evaluation, and runs at {mps * sp['readouts'] / sp['env_steps_s']:.1%} "
+              "of the bare environment's rate")
     use_torch = FLAGS.torch
     if use_torch is None:
         try:

@@ -42,8 +42,12 @@ def test_logs_pass_the_checker(tmp_path, log_format, round_, ruleset):
                     eval_batch_size=20, target_model="random", target=0.6)
     opts = T.RunOptions(workdir=str(tmp_path), progress=False, config_name="tiny", num_runs=1,
                         checkpoint=False, log_format=log_format, round=round_)
-    r = T.train("minigo", config, opts, print_fn=lambda s: None).runs[0]
+    result = T.train("minigo", config, opts, print_fn=lambda s: None)
+    r = result.runs[0]
     assert r.status == "success", (r.reason, r.metrics)
+    # the table carries self-play's own rate beside the train step's
+    rate = r.rates["self-play positions"]
+    assert rate > 0 and "self-play positions/s" in result.table and f"{rate:,.1f}" in result.table
     code, out = _checker(r.log_path, ruleset)
     assert code == 0, out
     text = open(r.log_path).read()

@@ -13,6 +13,7 @@ with the moment the generation finished training. Configs: ``mlperf_jax/configs/
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Iterator
 
 import jax
@@ -190,6 +191,14 @@ class MiniGoBenchmark(Benchmark):
     def throughput_units(self, config, batch):
         return "positions", int(config.global_batch_size)
 
+    def fake_train_batch(self, config, rng: np.random.Generator):
+        """Random positions: 17 binary planes, a search policy from a Dirichlet over the moves,
+        outcomes +-1 (throughput of the train step without self-play)."""
+        g, n = int(config.global_batch_size), int(config.board_size)
+        return {"obs": rng.random((g, n, n, 17)) < 0.3,
+                "policy": rng.dirichlet(np.ones(n * n + 1), g).astype(np.float32),
+                "z": rng.choice(np.float32([-1.0, 1.0]), g)}
+
 
 class ReplayWindow:
     """The newest ``window_generations`` generations of self-play positions, on the host."""
@@ -197,14 +206,17 @@ class ReplayWindow:
     def __init__(self, config: ml_collections.ConfigDict, seed: int):
         self.config, self.seed = config, seed
         self.gens: list[dict[str, np.ndarray]] = []
+        self.played = np.zeros(2, np.float64)   # self-play positions, seconds (this run so far)
         n, a = int(config.board_size), int(config.board_size) ** 2 + 1
         self.shape, self.actions = (n, n, 17), a
 
     def before_epoch(self, epoch, params, model_state, programs):
         g = int(self.config.games_per_generation)
         keys = jax.random.split(jax.random.key(self.seed * 1_000_003 + epoch), g)
+        t = time.perf_counter()
         out = jax.device_get(programs["selfplay"](params, model_state, keys))
         valid = np.asarray(out["valid"])
+        self.played += (valid.sum(), time.perf_counter() - t)
         obs = np.asarray(out["obs"])[valid]                       # [P, N, N, 17] bool
         self.gens.append({"obs": np.packbits(obs.reshape(len(obs), -1), axis=1),
                           "policy": np.asarray(out["policy"])[valid].astype(np.float16),
@@ -247,12 +259,20 @@ class ReplayWindow:
         empty = {"obs": np.zeros((0, bits), np.uint8),
                  "policy": np.zeros((0, self.actions), np.float16), "z": np.zeros((0,), np.int8)}
         cat = {k: np.concatenate([empty[k]] + [x[k] for x in self.gens]) for k in empty}
-        return dict(cat, counts=np.asarray([len(x["z"]) for x in self.gens], np.int64))
+        return dict(cat, counts=np.asarray([len(x["z"]) for x in self.gens], np.int64),
+                    played=self.played.copy())
 
     def set_state(self, state) -> None:
         bounds = np.cumsum([0] + [int(c) for c in np.asarray(state["counts"])])
         self.gens = [{k: np.asarray(state[k])[a:b] for k in ("obs", "policy", "z")}
                      for a, b in zip(bounds[:-1], bounds[1:])]
+        if "played" in state:
+            self.played = np.asarray(state["played"], np.float64).copy()
+
+    def rates(self) -> dict[str, float]:
+        """Self-play positions (moves played) per second of self-play, compile excluded."""
+        n, secs = self.played
+        return {"self-play positions": float(n / secs)} if secs > 0 else {}
 
     def source(self) -> DataSource:
         c = self.config
@@ -266,6 +286,7 @@ class ReplayWindow:
             train_epoch=self.train_epoch, eval_batches=self.eval_batches,
             train_spec=train_spec, eval_spec=eval_spec, before_epoch=self.before_epoch,
             epoch_steps=self.epoch_steps, get_state=self.get_state, set_state=self.set_state,
+            rates=self.rates,
             synthetic=True, description=f"self-play on {c.board_size}x{c.board_size} Go (pgx)")
 
 

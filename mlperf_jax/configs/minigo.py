@@ -7,7 +7,8 @@ Variants:
   docs/specs/minigo_quant_loadgen05.md section 1.2). Its target model is a checkpoint the user
   names (``--config.target_model=PATH``).
 - ``v07_19x19``: the later rules' 19x19 board (ruleset 0.7.0 ``closed_minigo.yaml``: at least
-  8,192 self-play games per generation; section 1.2's "v0.7 and later" paragraph).
+  8,192 self-play games per generation), every value from the v0.7 reference's flags files
+  (mlcommons/training at b58c18e5, ``ml_perf/flags/19/*.flags``; each named where it is set).
 - ``tiny``: a 5x5 board with komi 0.5, a small tower and few readouts, against a target that needs
   no download (a fixed player); open division, because that target is weaker than a real model.
 """
@@ -69,15 +70,31 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
     elif variant == "v07_19x19":
         c.board_size = 19
         c.max_moves = 722
-        # flags/19 of T b58c18e5 (section 1.2): 6 blocks x 64 filters, 800 readouts,
-        # min_games_per_iteration 8192 (== closed_minigo.yaml's 8192)
+        # ml_perf/flags/19/*.flags of mlcommons/training at b58c18e5 (the v0.7 reference):
+        # architecture.flags --conv_width=64 --fc_width=64 --trunk_layers=6 --value_cost_weight=0.5
         c.conv_width = 64
+        c.fc_width = 64
         c.trunk_layers = 6
+        c.value_cost_weight = 0.5
+        # selfplay.flags --num_readouts=800 --virtual_losses=4 --noise_mix=0.3 (its
+        # --fastplay_frequency=0.75 --fastplay_readouts=80 playout cap is not modelled: every move
+        # gets the full search); eval.flags plays its matches with 100 readouts, here the same
+        # search as self-play
         c.num_readouts = 800
+        c.virtual_losses = 4
+        c.dirichlet_fraction = 0.3
+        # rl_loop.flags / train_loop.flags --min_games_per_iteration=8192 (== closed_minigo.yaml's
+        # 8192) --window_size=5 --train_filter=0.3; train_loop.flags --iterations=100
         c.games_per_generation = 8192
-        c.window_generations = 5      # train_loop.flags --window_size=5 --train_filter=0.3
+        c.window_generations = 5
         c.filter_amount = 0.3
-        c.num_epochs = 100            # train_loop.flags --iterations=100
+        c.num_epochs = 100
+        # train.flags --train_batch_size=4096 --lr_rates=0.016,0.16,0.016,0.0016
+        # --lr_boundaries=128,10000,20000 --l2_strength=0.0001 (a warm-up at 0.016 for 128 steps)
+        c.global_batch_size = 4096
+        c.lr_rates = (0.016, 0.16, 0.016, 0.0016)
+        c.lr_boundaries = (128, 10000, 20000)
+        c.l2_strength = 1e-4
     elif variant == "tiny":
         c.division = "open"
         c.num_runs = 3
