@@ -13,8 +13,8 @@ Python API names (``ConstructSUT``, ``StartTest``...) for existing harnesses.
 """
 
 from .core import (VERSION, LoadGenError, QuerySample, QuerySampleLibrary, QuerySampleResponse,
-                   ResponseError, SUTError, SystemUnderTest, TestResult, query_samples_complete,
-                   start_test)
+                   ResponseError, SUTError, SystemUnderTest, TestResult, query_samples_complete)
+from .runner import start_test
 from .results import PerformanceResult, PerformanceSummary
 from .settings import (ConfigError, EffectiveSettings, LoggingMode, LogOutputSettings, LogSettings,
                        TestMode, TestScenario, TestSettings, official_mlperf_conf, parse_config)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 
 from . import core as _core
+from . import runner as _runner
 from .core import QuerySample, QuerySampleResponse
 from .settings import LoggingMode, LogOutputSettings, LogSettings, TestMode, TestScenario, TestSettings
 
@@ -25,9 +26,10 @@ __all__ = [
 
 
 class _SUT:
-    def __init__(self, issue_cb, flush_cb, name: str = "PySUT"):
+    def __init__(self, issue_cb, flush_cb, report_cb=None, name: str = "PySUT"):
         self._issue = issue_cb
         self._flush = flush_cb
+        self._report = report_cb
         self.name = name
 
     def issue_queries(self, samples):
@@ -35,6 +37,12 @@ class _SUT:
 
     def flush_queries(self):
         self._flush()
+
+    def report_latency_results(self, latencies_ns: list[int]) -> None:
+        """The third ConstructSUT callback of the LoadGen before 6.0 (r0.5 harnesses use it):
+        called once with every sample latency (ns) of the performance run."""
+        if self._report is not None:
+            self._report(latencies_ns)
 
 
 class _FastSUT(_SUT):
@@ -59,12 +67,14 @@ class _QSL:
         self._unload(indices)
 
 
-def ConstructSUT(issue_cb, flush_cb, *args):  # noqa: N802 (official names)
-    return _SUT(issue_cb, flush_cb)
+def ConstructSUT(issue_cb, flush_cb, report_latency_results_cb=None):  # noqa: N802 (official names)
+    """6.0: (issue, flush).  Earlier LoadGens (r0.5 to v0.7 harnesses) also took a callback that
+    receives the run's sample latencies in ns; it is called as they called it."""
+    return _SUT(issue_cb, flush_cb, report_latency_results_cb)
 
 
-def ConstructFastSUT(fast_issue_cb, flush_cb, *args):  # noqa: N802
-    return _FastSUT(fast_issue_cb, flush_cb)
+def ConstructFastSUT(fast_issue_cb, flush_cb, report_latency_results_cb=None):  # noqa: N802
+    return _FastSUT(fast_issue_cb, flush_cb, report_latency_results_cb)
 
 
 def DestroySUT(sut) -> None:  # noqa: N802
@@ -74,7 +84,7 @@ def DestroySUT(sut) -> None:  # noqa: N802
 DestroyFastSUT = DestroySUT
 
 
-def ConstructQSL(total_sample_count, performance_sample_count, load_cb, unload_cb, *args):  # noqa: N802
+def ConstructQSL(total_sample_count, performance_sample_count, load_cb, unload_cb):  # noqa: N802
     return _QSL(total_sample_count, performance_sample_count, load_cb, unload_cb)
 
 
@@ -86,8 +96,9 @@ def QuerySamplesComplete(responses, response_cb=None) -> None:  # noqa: N802
     _core.query_samples_complete(responses, response_cb)
 
 
-def FirstTokenComplete(responses) -> None:  # noqa: N802
-    """Token latencies are not modelled; accepted and ignored."""
+def FirstTokenComplete(responses, response_cb=None) -> None:  # noqa: N802
+    """Token latencies are not modelled (use_token_latencies is refused), so a first-token
+    report has nothing to feed; accepted and dropped."""
 
 
 def StartTest(sut, qsl, settings, audit_config_filename: str = "audit.config") -> None:  # noqa: N802
@@ -96,7 +107,7 @@ def StartTest(sut, qsl, settings, audit_config_filename: str = "audit.config") -
 
 def StartTestWithLogSettings(sut, qsl, settings, log_settings, audit_config_filename: str = "audit.config") -> None:  # noqa: N802
     try:
-        _core.start_test(sut, qsl, settings, log_settings, audit_config_filename=audit_config_filename)
+        _runner.start_test(sut, qsl, settings, log_settings, audit_config_filename=audit_config_filename)
     except _core.SUTError as e:
         # The official LoadGen would abort the process; we report and keep the logs.
         print(f"LoadGen: {e}", file=sys.stderr)

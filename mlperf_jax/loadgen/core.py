@@ -5,11 +5,19 @@ starts; the issue loop walks plain Python lists; completion from any thread writ
 timestamp into an array under one lock; latencies, percentiles and early stopping are
 computed with numpy after the run.
 
-Beyond the official LoadGen: a SUT that never answers ends the test at ``max_duration_ms``
-(INVALID, with the reason) instead of hanging; an answer with an unknown or already used id
-raises :class:`ResponseError` naming the id and makes the run INVALID; an exception raised by
-the SUT stops the test, is written to the detail log, the logs are still written, and
-:class:`SUTError` is raised afterwards.
+As the official LoadGen: issuing stops at ``max_duration_ms`` (checked after each issue, so
+one query may go out just past it), then the test waits for every issued sample.
+
+Beyond the official LoadGen: a SUT that never answers does not hang the test forever: when
+max_duration is set, the wait gives up at the *answer guard* (``max(ANSWER_GUARD_MIN_MS,
+ANSWER_GUARD_FACTOR x max_duration)`` after the run's start, extended while answers still
+arrive within ``ANSWER_GUARD_IDLE_MS``) and the run is INVALID with that reason in the
+summary and the detail log.  An answer with an unknown, old or already used id is never raised
+into the SUT's thread: it is logged as an ``error_runtime`` naming the id (the official logs
+"Received completion for an old sample" / "Attempted to complete a sample twice") and makes
+the run INVALID.  An answer when no test is running is ignored with a note on stderr.  An
+exception raised by the SUT stops the test, is written to the detail log, the logs are still
+written, and :class:`SUTError` is raised afterwards.
 """
 
 from __future__ import annotations
@@ -18,16 +26,20 @@ import ctypes
 import dataclasses
 import datetime
 import os
+import sys
 import threading
 import time
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import multistream_v05 as _ms05
 from . import schedule as _schedule
+from ._rng import MT19937
 from .logs import AccuracyLog, DetailLog
 from .results import PerformanceResult, PerformanceSummary
-from .settings import (EffectiveSettings, LogSettings, TestMode, TestScenario, TestSettings)
+from .settings import EffectiveSettings, LogSettings, TestMode, TestScenario, TestSettings
+from .trace import TraceLog
 
 __all__ = [
     "QuerySample", "QuerySampleResponse", "QuerySampleLibrary", "SystemUnderTest", "LoadGenError",
@@ -38,13 +50,28 @@ VERSION = "mlperf_jax-loadgen 0.1 (pure Python; semantics of mlcommons-loadgen 6
 
 _clock = time.perf_counter_ns
 
+# The answer guard (see the module docstring).  Module constants so a test can shorten them.
+ANSWER_GUARD_MIN_MS = 300_000     # 5 minutes
+ANSWER_GUARD_FACTOR = 10          # x max_duration_ms
+ANSWER_GUARD_IDLE_MS = 60_000     # keep waiting while answers arrived this recently
+
+# The official SequenceGen draws every sample's accuracy-log value from one std::mt19937 per
+# test that is never seeded (InitAccLogRng is not called): the default seed 5489.  Only the
+# offset added to those values comes from accuracy_log_rng_seed.
+_ACC_LOG_SAMPLE_SEED = 5489
+
+_BAD_LOGGED_MAX = 100  # bad answers (unknown/old/repeated ids) logged per test
+_NO_BAD: list[str] = []  # shared empty list: never appended to (`bad = bad or []` first)
+PROGRESS_INTERVAL_S = 2.0  # start_test(progress=True): seconds between progress lines
+
 
 class LoadGenError(RuntimeError):
     pass
 
 
 class ResponseError(LoadGenError):
-    """A response with an unknown id, or a second response for the same sample."""
+    """Kept for API compatibility: responses with unknown or repeated ids are now logged as
+    errors (and make the run INVALID), never raised into the SUT's thread."""
 
 
 class SUTError(LoadGenError):
@@ -112,12 +139,26 @@ _ACTIVE: "_Test | None" = None
 _ACTIVE_LOCK = threading.Lock()
 
 
+_STRAY_NOTES_MAX = 10
+_stray_notes = 0
+
+
 def query_samples_complete(responses: Iterable[QuerySampleResponse], response_cb=None) -> None:
-    """Answer samples of the running test; callable from any thread."""
+    """Answer samples of the running test; callable from any thread; never raises for a bad
+    or late id (that is logged; see the module docstring)."""
+    global _stray_notes
     test = _ACTIVE
     if test is None:
-        ids = [getattr(r, "id", r) for r in responses][:5]
-        raise ResponseError(f"QuerySamplesComplete: no test is running (response ids {ids})")
+        # After the test (e.g. a SUT still answering after the answer guard gave up): there is
+        # no detail log to write to any more; one note on stderr, the answers are dropped.
+        _stray_notes += 1
+        if _stray_notes <= _STRAY_NOTES_MAX:
+            responses = list(responses)
+            ids = [getattr(r, "id", r) for r in responses][:5]
+            more = " (further notes suppressed)" if _stray_notes == _STRAY_NOTES_MAX else ""
+            print(f"LoadGen: QuerySamplesComplete: no test is running; ignored {len(responses)} "
+                  f"response(s), ids {ids}{more}", file=sys.stderr, flush=True)
+        return
     test.complete(responses, response_cb)
 
 
@@ -170,6 +211,8 @@ class _Run:
         self.issued_samples = 0
         self.completed = 0
         self.completed_queries = 0
+        self.last_answer = 0  # perf_counter_ns of the latest answer
+        self.start = 0  # perf_counter_ns when issuing began (0 before)
         self.wait_target = 1 << 62
         self.event = threading.Event()
         self.log_all = log_all
@@ -189,79 +232,107 @@ class _Test:
         self.run: _Run | None = None
         self.errors: list[str] = []
         self.seq = 0  # next sample sequence id (the official SequenceGen)
+        self.qseq = 0  # next query sequence id
+        self.acc_rng = MT19937(_ACC_LOG_SAMPLE_SEED)  # the SequenceGen's accuracy-log values
+        self.bad_answers = 0
         self.t0 = _clock()
         self.outdir = outdir
         lo = log_settings.log_output
         self.paths = {}
+        # The official names the files with the local date and time ("%FT%TZ", 'Z' included).
+        self.datetime = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%SZ")
         if outdir is not None:
             os.makedirs(outdir, exist_ok=True)
-            stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S.%f") + "_" if lo.prefix_with_datetime else ""
-            for k, ext in (("summary", "txt"), ("detail", "txt"), ("accuracy", "json"), ("trace", "json")):
+            stamp = self.datetime + "_" if lo.prefix_with_datetime else ""
+            kinds = [("summary", "txt"), ("detail", "txt"), ("accuracy", "json")]
+            if log_settings.enable_trace:
+                kinds.append(("trace", "json"))
+            for k, ext in kinds:
                 self.paths[k] = os.path.join(outdir, f"{lo.prefix}{stamp}{k}{lo.suffix}.{ext}")
         self.log_settings = log_settings
-        self.detail = DetailLog(self.paths.get("detail"), self.t0, lo.copy_detail_to_stdout)
+        self.trace = TraceLog(self.t0, time.time()) if log_settings.enable_trace else None
+        self.detail = DetailLog(self.paths.get("detail"), self.t0, lo.copy_detail_to_stdout,
+                                int(log_settings.log_mode), log_settings.log_mode_async_poll_interval_ms)
         self.acc = AccuracyLog(self.paths.get("accuracy"))
         self.sut_exception: BaseException | None = None
 
     # ------------------------------------------------------------- completion
     def complete(self, responses, response_cb=None) -> None:
         t = _clock()
+        bad: list[str] = _NO_BAD
         with self.lock:
             run = self.run
             if run is None:
-                ids = [r.id for r in responses][:5]
-                self._error_locked(f"SUT answered ids {ids} while no query was outstanding")
-                raise ResponseError(f"QuerySamplesComplete: response ids {ids} arrived while no query "
-                                    "was outstanding")
-            base, done, issued = run.base, run.done, run.issued_samples
-            spq = run.uniform_spq
-            logging = run.log_all or run.log_prob > 0
-            k = 0
-            try:
-                if run.vector and len(responses) > 32:
-                    k = self._complete_vector(run, responses, t, response_cb)
-                elif spq == 1:
-                    for r in responses:
-                        pos = r.id - base
-                        if pos < 0 or pos >= issued or done[pos]:
-                            self._bad_response(run, r.id, pos, issued)
-                        done[pos] = t
-                        k += 1
-                        if logging:
-                            self._maybe_log(run, r, pos, response_cb)
-                    run.completed_queries += k
-                else:
-                    remaining, qdone, sq = run.remaining, run.qdone, run.sample_query
-                    for r in responses:
-                        pos = r.id - base
-                        if pos < 0 or pos >= issued or done[pos]:
-                            self._bad_response(run, r.id, pos, issued)
-                        done[pos] = t
-                        k += 1
-                        qi = pos // spq if spq else sq[pos]
-                        rem = remaining[qi] - 1
-                        remaining[qi] = rem
-                        if rem == 0:
-                            qdone[qi] = t
-                            run.completed_queries += 1
-                        if logging:
-                            self._maybe_log(run, r, pos, response_cb)
-            finally:
-                run.completed += k
-                if run.completed >= run.wait_target:
-                    run.event.set()
+                bad, responses = [], list(responses)
+                for r in responses[:1]:
+                    bad.append(self._bad_msg(None, r.id) + (f" (and {len(responses) - 1} more in the same call)"
+                                                            if len(responses) > 1 else ""))
+            else:
+                # One inlined body (this is the hot path of a fast SUT).
+                base, done, issued = run.base, run.done, run.issued_samples
+                spq = run.uniform_spq
+                logging = run.log_all or run.log_prob > 0
+                k = 0
+                try:
+                    if run.vector and len(responses) > 32:
+                        bad = []
+                        k = self._complete_vector(run, responses, t, response_cb, bad)
+                    elif spq == 1:
+                        for r in responses:
+                            pos = r.id - base
+                            if pos < 0 or pos >= issued or done[pos]:
+                                bad = bad or []
+                                bad.append(self._bad_msg(run, r.id))
+                                continue
+                            done[pos] = t
+                            k += 1
+                            if logging:
+                                self._maybe_log(run, r, pos, response_cb)
+                        run.completed_queries += k
+                    else:
+                        remaining, qdone, sq = run.remaining, run.qdone, run.sample_query
+                        for r in responses:
+                            pos = r.id - base
+                            if pos < 0 or pos >= issued or done[pos]:
+                                bad = bad or []
+                                bad.append(self._bad_msg(run, r.id))
+                                continue
+                            done[pos] = t
+                            k += 1
+                            qi = pos // spq if spq else sq[pos]
+                            rem = remaining[qi] - 1
+                            remaining[qi] = rem
+                            if rem == 0:
+                                qdone[qi] = t
+                                run.completed_queries += 1
+                            if logging:
+                                self._maybe_log(run, r, pos, response_cb)
+                finally:
+                    if k:
+                        run.completed += k
+                        run.last_answer = t
+                    if run.completed >= run.wait_target:
+                        run.event.set()
+            if bad:
+                bad = self._count_bad_locked(bad)
+                self.errors.extend(bad)
+        if bad:
+            for msg in bad:
+                self.detail.error("error_runtime", msg)
 
-    def _complete_vector(self, run: _Run, responses, t: int, response_cb) -> int:
+    def _complete_vector(self, run: _Run, responses, t: int, response_cb, bad: list[str]) -> int:
         ids = np.fromiter((r.id for r in responses), dtype=np.int64, count=len(responses)) - run.base
-        bad = (ids < 0) | (ids >= run.issued_samples)
-        if bad.any():
-            self._bad_response(run, int(ids[np.flatnonzero(bad)[0]] + run.base), -1, 0)
-        seen = run.done[ids] != 0
-        if seen.any():
-            self._bad_response(run, int(ids[np.flatnonzero(seen)[0]] + run.base), 0, 1)
-        uniq, counts = np.unique(ids, return_counts=True)
-        if uniq.size != ids.size:
-            self._bad_response(run, int(uniq[np.flatnonzero(counts > 1)[0]] + run.base), 0, 1)
+        ok = (ids >= 0) & (ids < run.issued_samples)
+        ok[ok] = run.done[ids[ok]] == 0
+        cand = np.flatnonzero(ok)
+        _, first = np.unique(ids[cand], return_index=True)  # a repeat within this call is bad too
+        keep = np.sort(cand[first])
+        if keep.size != ids.size:
+            good = np.zeros(ids.size, dtype=bool)
+            good[keep] = True
+            for j in np.flatnonzero(~good).tolist():
+                bad.append(self._bad_msg(run, int(ids[j]) + run.base))
+            ids = ids[keep]
         run.done[ids] = t
         qi, qc = np.unique(run.sample_query[ids], return_counts=True)
         run.remaining[qi] -= qc
@@ -269,17 +340,30 @@ class _Test:
         run.qdone[fin] = t
         run.completed_queries += int(fin.size)
         if run.log_all or run.log_prob > 0:
-            for r, pos in zip(responses, ids.tolist()):
-                self._maybe_log(run, r, pos, response_cb)
+            for j, pos in zip(keep.tolist(), ids.tolist()):
+                self._maybe_log(run, responses[j], pos, response_cb)
         return int(ids.size)
 
-    def _bad_response(self, run: _Run, rid, pos: int, issued: int) -> None:
-        if isinstance(pos, int) and 0 <= pos < issued:
-            self._error_locked(f"SUT answered sample id {rid} more than once")
-            raise ResponseError(f"QuerySamplesComplete: response id {rid} answered more than once")
-        self._error_locked(f"SUT answered unknown response id {rid}")
-        raise ResponseError(f"QuerySamplesComplete: unknown response id {rid} "
-                            f"(not an id of an issued, unanswered sample)")
+    def _bad_msg(self, run: _Run | None, rid) -> str:
+        """The error for an answer that matches no issued, unanswered sample of the current run."""
+        if run is not None and isinstance(rid, int) and 0 <= rid - run.base < run.issued_samples:
+            return (f"SUT answered sample id {rid} more than once (the second answer is ignored; "
+                    "the official LoadGen logs: Attempted to complete a sample twice.)")
+        first = run.base if run is not None else self.seq
+        if isinstance(rid, int) and 0 <= rid < first and rid < self.seq:
+            return (f"SUT answered sample id {rid} after its run ended (ignored; the official LoadGen logs: "
+                    f"Received completion for an old sample. Min expected id: {first} Actual id: {rid})")
+        return f"SUT answered unknown response id {rid} (not an id of an issued, unanswered sample; ignored)"
+
+    def _count_bad_locked(self, bad: list[str]) -> list[str]:
+        """At most _BAD_LOGGED_MAX bad-answer errors per test reach the logs."""
+        room = _BAD_LOGGED_MAX - self.bad_answers
+        self.bad_answers += len(bad)
+        if room <= 0:
+            return []
+        if len(bad) > room:
+            bad = bad[:room] + ["further bad answers are not logged (see the errors above)"]
+        return bad
 
     def _maybe_log(self, run: _Run, r: QuerySampleResponse, pos: int, response_cb) -> None:
         if not run.log_all:
@@ -292,33 +376,34 @@ class _Test:
             response_cb(r)
         run.acc_rows.append((run.base + pos, int(run.samples_list[pos]), r.payload()))
 
-    def _error_locked(self, msg: str) -> None:
-        self.errors.append(msg)
-
     def error(self, msg: str, key: str = "error_runtime") -> None:
         with self.lock:
             self.errors.append(msg)
         self.detail.error(key, msg)
 
     # ---------------------------------------------------------------- issuing
-    def _wait_completed(self, run: _Run, target: int, deadline: int | None) -> bool:
-        """Wait until ``target`` samples of ``run`` are answered; False on deadline."""
+    def _wait_completed(self, run: _Run, target: int, guard: int | None) -> bool:
+        """Wait until ``target`` samples of ``run`` are answered.  False if the SUT raised, or
+        once past the answer guard ``guard`` (perf_counter_ns; None: wait for ever, as the
+        official) with no answer for ANSWER_GUARD_IDLE_MS."""
         with self.lock:
             if run.completed >= target:
                 return True
             run.wait_target = target
             run.event.clear()
+        idle = ANSWER_GUARD_IDLE_MS * 1_000_000
         while True:
-            if deadline is None:
-                run.event.wait(0.5)
-            else:
-                left = (deadline - _clock()) / 1e9
-                if left <= 0:
+            timeout = 0.5
+            if guard is not None:
+                now = _clock()
+                end = max(guard, run.last_answer + idle)
+                if now >= end:
                     with self.lock:
                         ok = run.completed >= target
                         run.wait_target = 1 << 62
                     return ok
-                run.event.wait(min(left, 0.5))
+                timeout = min(timeout, (end - now) / 1e9)
+            run.event.wait(timeout)
             with self.lock:
                 if run.completed >= target:
                     run.wait_target = 1 << 62
@@ -326,8 +411,9 @@ class _Test:
                 if self.sut_exception is not None:
                     return False
 
-    def _issue_server_fast(self, run: _Run, sched, samp, issued_at, start, max_dur, max_q, max_async) -> int:
-        """Server, one sample per query, performance mode: the tight loop."""
+    def _issue_server_fast(self, run: _Run, sched, samp, issued_at, issue_end, start, max_dur, max_q,
+                           max_async) -> int:
+        """Server, one sample per query, performance mode, no coalescing: the tight loop."""
         sut_issue = self.sut.issue_queries
         clock, sleep, QS = _clock, time.sleep, QuerySample
         base = run.base
@@ -345,12 +431,11 @@ class _Test:
             n = i + 1
             try:
                 sut_issue([QS(base + i, samp[i])])
-            except ResponseError:
-                break
             except BaseException as e:  # noqa: BLE001 - reported, logs written, re-raised later
                 self.sut_exception = e
                 self.error(f"SUT raised {type(e).__name__}: {e} (in issue_queries, query {i})")
                 break
+            issue_end[i] = clock()
             if self.errors:
                 break
             if max_async and n - run.completed_queries > max_async:
@@ -367,15 +452,20 @@ class _Test:
         return n
 
     def _issue_generic(self, run: _Run, s: EffectiveSettings, sched, offs, samp, issued_at, scheduled_at,
-                       start, deadline, accuracy, ran_out):
+                       issue_end, start, guard, accuracy, ran_out):
         scenario = s.scenario
         sut, d, base = self.sut, self.detail, run.base
         max_dur = s.max_duration_ms * 1_000_000
         target_dur = s.target_duration_ms * 1_000_000
         min_q, max_q, max_async = s.min_query_count, s.max_query_count, s.max_async_queries
+        # Official: overdue Server queries (one sample each) go out together in one call.
+        coalesce = scenario == TestScenario.Server and bool(s.requested.server_coalesce_queries)
         clock, sleep = _clock, time.sleep
         queries_issued = 0
-        for i in range(len(sched)):
+        nq = len(sched)
+        i = 0
+        while i < nq:
+            last = i  # the last query of this issue call
             if scenario == TestScenario.Server:
                 target = start + sched[i]
                 now = clock()
@@ -384,35 +474,42 @@ class _Test:
                     sleep(delta * 1e-9 if delta > 60_000 else 0)
                     now = clock()
                 scheduled_at[i] = target
+                if coalesce:
+                    while last + 1 < nq and now >= start + sched[last + 1]:
+                        last += 1
+                        scheduled_at[last] = start + sched[last]
+                        issued_at[last] = now
             elif scenario == TestScenario.Offline:
                 now = clock()
                 scheduled_at[i] = start
+            elif run.ms05 is not None:  # MLPerf v0.5 MultiStream: fixed-rate ticks (multistream_v05.py)
+                now = run.ms05.wait(self, run, i, offs, guard)
+                if now is None:
+                    ran_out = False
+                    break
+                scheduled_at[i] = run.ms05.tick
             else:
-                if i:
-                    if not self._wait_completed(run, offs[i], deadline):
-                        if self.sut_exception is None:
-                            self.error(f"SUT did not answer query {i - 1} (sample ids "
-                                       f"{base + offs[i - 1]}..{base + offs[i] - 1}) before max_duration "
-                                       f"({s.max_duration_ms} ms)")
-                        ran_out = False
-                        break
+                # The official waits for the previous query for ever; we give up at the guard
+                # (the run's final accounting reports the unanswered samples).
+                if i and not self._wait_completed(run, offs[i], guard):
+                    ran_out = False
+                    break
                 now = clock()
                 scheduled_at[i] = now
             issued_at[i] = now
-            a, b = offs[i], offs[i + 1]
+            a, b = offs[i], offs[last + 1]
             qs = [QuerySample(base + j, samp[j]) for j in range(a, b)]
             run.issued_samples = b
-            queries_issued += 1
+            queries_issued += last - i + 1
             try:
                 sut.issue_queries(qs)
-            except ResponseError:
-                ran_out = False
-                break
             except BaseException as e:  # noqa: BLE001 - reported, logs written, re-raised later
                 self.sut_exception = e
                 self.error(f"SUT raised {type(e).__name__}: {e} (in issue_queries, query {i})")
                 ran_out = False
                 break
+            issue_end[i] = clock()
+            i = last + 1
             if self.errors:
                 ran_out = False
                 break
@@ -441,7 +538,10 @@ class _Test:
         return queries_issued, ran_out
 
     def issue_queries(self, s: EffectiveSettings, mode: TestMode, loaded: _schedule.LoadableSet) -> PerformanceResult:
+        t_gen = _clock()
         q = _schedule.generate_queries(s, mode, loaded)
+        if self.trace is not None:
+            self.trace.complete("GenerateQueries", t_gen, _clock())
         d = self.detail
         d.log("generated_query_count", q.count)
         d.log("generated_samples_per_query", q.samples_per_query)
@@ -449,8 +549,9 @@ class _Test:
         accuracy = mode == TestMode.AccuracyOnly
         n_samples = int(q.offsets[-1])
         log_prob = 0.0
-        acc_offset = 0.0
-        acc_vals = None
+        # Every generated sample draws its value, logged or not, as the official SequenceGen.
+        acc_vals = self.acc_rng.canonicals(n_samples)
+        acc_offset = MT19937(s.accuracy_log_rng_seed).canonical()
         if not accuracy:
             log_prob = s.accuracy_log_probability
             if s.accuracy_log_sampling_target > 0:
@@ -461,12 +562,10 @@ class _Test:
                 else:
                     minimum = s.min_sample_count
                 log_prob = s.accuracy_log_sampling_target / max(expected, minimum, 1)
-            if log_prob > 0:
-                from ._rng import MT19937
-                acc_offset = MT19937(s.accuracy_log_rng_seed).canonical()
-                acc_vals = MT19937(s.accuracy_log_rng_seed ^ 0x5EED).canonicals(max(n_samples, 1))
         run = _Run(q, self.seq, accuracy, log_prob, acc_offset, acc_vals)
         self.seq += n_samples
+        first_query_seq = self.qseq
+        self.qseq += q.count
         with self.lock:
             self.run = run
 
@@ -476,6 +575,7 @@ class _Test:
         nq = len(sched)
         issued_at = [0] * nq
         scheduled_at = [0] * nq
+        issue_end = [0] * nq
         sut = self.sut
         scenario = s.scenario
         base = run.base
@@ -483,15 +583,20 @@ class _Test:
         max_q = s.max_query_count
         max_async = s.max_async_queries
         ran_out = scenario != TestScenario.Server
+        guard_ms = max(ANSWER_GUARD_MIN_MS, ANSWER_GUARD_FACTOR * s.max_duration_ms) if max_dur else 0
         start = _clock()
         start_wall = time.time()
-        deadline = start + max_dur if max_dur else None
-        if scenario == TestScenario.Server and run.uniform_spq == 1 and not accuracy:
-            queries_issued = self._issue_server_fast(run, sched, samp, issued_at, start, max_dur, max_q, max_async)
+        run.start = start
+        run.ms05 = _ms05.for_run(s, start)  # None unless rules v0.5 MultiStream
+        guard = start + guard_ms * 1_000_000 if max_dur else None
+        if (scenario == TestScenario.Server and run.uniform_spq == 1 and not accuracy
+                and not s.requested.server_coalesce_queries):
+            queries_issued = self._issue_server_fast(run, sched, samp, issued_at, issue_end, start, max_dur,
+                                                     max_q, max_async)
             ran_out = False
         else:
             queries_issued, ran_out = self._issue_generic(
-                run, s, sched, offs, samp, issued_at, scheduled_at, start, deadline, accuracy, ran_out)
+                run, s, sched, offs, samp, issued_at, scheduled_at, issue_end, start, guard, accuracy, ran_out)
         if scenario == TestScenario.Server:
             scheduled_at = [start + x for x in sched]
 
@@ -507,30 +612,38 @@ class _Test:
                     "or target qps in the TestSettings so they are more accurate.")
         issued_samples = offs[queries_issued] if queries_issued else 0
         if self.sut_exception is None:
-            ok = self._wait_completed(run, issued_samples, deadline)
+            ok = self._wait_completed(run, issued_samples, guard)  # as the official: wait for all
         else:
             ok = run.completed >= issued_samples
         with self.lock:
-            self.run = None  # late answers are errors from here on
+            self.run = None  # late answers are logged errors from here on
             completed = run.completed
         extra: list[str] = []
         unanswered = issued_samples - completed
         if not ok and unanswered > 0:
             missing = np.flatnonzero(np.asarray(run.done[:issued_samples], dtype=np.int64) == 0)
             first = int(missing[0]) if missing.size else 0
-            msg = (f"SUT did not answer {unanswered} of {issued_samples} issued samples before "
-                   + (f"max_duration ({s.max_duration_ms} ms)" if max_dur else "the test ended")
-                   + f"; first unanswered: id {base + first}, qsl index {int(q.samples[first])}")
             if self.sut_exception is None:
-                self.error(msg)
+                self.error(f"SUT did not answer {unanswered} of {issued_samples} issued samples: the answer "
+                           f"guard gave up {(_clock() - start) / 1e9:.1f} s after the start (guard "
+                           f"{guard_ms} ms = max({ANSWER_GUARD_MIN_MS} ms, {ANSWER_GUARD_FACTOR} x max_duration "
+                           f"{s.max_duration_ms} ms), no answer in the last {ANSWER_GUARD_IDLE_MS} ms); first "
+                           f"unanswered: id {base + first}, qsl index {int(q.samples[first])}")
         if self.errors:
             extra = list(dict.fromkeys(self.errors))
         # Power markers: wall clock of the start and of the last completion.
         done = np.asarray(run.done[:issued_samples], dtype=np.int64)
         last_done = int(done.max()) if issued_samples else start
-        d.log("power_begin", _power_time(start_wall), event_type="INTERVAL_START")
-        d.log("power_end", _power_time(start_wall + max(0, last_done - start) / 1e9), event_type="INTERVAL_END")
+        d.log("power_begin", _power_time(start_wall))  # POINT_IN_TIME events, as the official writes them
+        d.log("power_end", _power_time(start_wall + max(0, last_done - start) / 1e9))
         self.acc.add_many(run.acc_rows)
+        if self.trace is not None:
+            qid_list = ((np.arange(issued_samples) // run.uniform_spq).tolist() if run.uniform_spq
+                        else list(run.sample_query[:issued_samples]))
+            self.trace.run(server=scenario == TestScenario.Server, first_seq=base, first_query_seq=first_query_seq,
+                           sample_query=qid_list, sample_index=samp[:issued_samples], sched_ns=scheduled_at,
+                           issued_ns=issued_at[:queries_issued], issue_end_ns=issue_end[:queries_issued],
+                           done_ns=done.tolist(), tid=threading.get_native_id())
 
         # ---- results ------------------------------------------------------
         nqi = queries_issued
@@ -554,7 +667,8 @@ class _Test:
             sample_latencies=lat, query_latencies=q_lat, queries_issued=nqi,
             max_latency=(int(lat.max()) / 1e9 if lat.size else 0.0), final_query_scheduled_time=final_sched,
             final_query_issued_time=final_issued, final_query_all_samples_done_time=final_done,
-            extra_invalid_reasons=extra, issue_lateness_ns=lateness, unanswered_samples=int(unanswered))
+            extra_invalid_reasons=extra, issue_lateness_ns=lateness, unanswered_samples=int(unanswered),
+            query_intervals=run.ms05.query_intervals(qd) if run.ms05 is not None else None)
 
 
 def _power_time(t: float) -> str:
@@ -562,245 +676,22 @@ def _power_time(t: float) -> str:
     return dt.strftime("%m-%d-%Y %H:%M:%S.") + f"{dt.microsecond // 1000:03d}"
 
 
-def _log_settings(d: DetailLog, r: TestSettings, e: EffectiveSettings) -> None:
-    f = "settings.py"
-    d.log("requested_scenario", r.scenario.name, file=f)
-    d.log("requested_test_mode", TestMode(r.mode).name, file=f)
-    sc = r.scenario
-    if sc == TestScenario.SingleStream:
-        d.log("requested_single_stream_expected_latency_ns", float(r.single_stream_expected_latency_ns), file=f)
-        d.log("requested_single_stream_target_latency_percentile", float(r.single_stream_target_latency_percentile), file=f)
-    elif sc == TestScenario.MultiStream:
-        d.log("requested_multi_stream_expected_latency_ns", float(r.multi_stream_expected_latency_ns), file=f)
-        d.log("requested_multi_stream_target_latency_percentile", float(r.multi_stream_target_latency_percentile), file=f)
-        d.log("requested_multi_stream_samples_per_query", int(r.multi_stream_samples_per_query), file=f)
-    elif sc == TestScenario.Server:
-        d.log("requested_server_target_qps", float(r.server_target_qps), file=f)
-        d.log("requested_server_target_latency_ns", int(r.server_target_latency_ns), file=f)
-        d.log("requested_server_target_latency_percentile", float(r.server_target_latency_percentile), file=f)
-        d.log("requested_server_coalesce_queries", bool(r.server_coalesce_queries), file=f)
-        d.log("requested_server_find_peak_qps_decimals_of_precision", int(r.server_find_peak_qps_decimals_of_precision), file=f)
-        d.log("requested_server_find_peak_qps_boundary_step_size", float(r.server_find_peak_qps_boundary_step_size), file=f)
-        d.log("requested_server_max_async_queries", int(r.server_max_async_queries), file=f)
-        d.log("requested_server_num_issue_query_threads", int(r.server_num_issue_query_threads), file=f)
-    else:
-        d.log("requested_offline_expected_qps", float(r.offline_expected_qps), file=f)
-    for k in ("min_duration_ms", "max_duration_ms", "min_query_count", "max_query_count", "qsl_rng_seed",
-              "sample_index_rng_seed", "schedule_rng_seed", "accuracy_log_rng_seed"):
-        d.log("requested_" + k, int(getattr(r, k)), file=f)
-    d.log("requested_accuracy_log_probability", float(r.accuracy_log_probability), file=f)
-    d.log("requested_accuracy_log_sampling_target", int(r.accuracy_log_sampling_target), file=f)
-    d.log("requested_print_timestamps", bool(r.print_timestamps), file=f)
-    d.log("requested_performance_issue_unique", bool(r.performance_issue_unique), file=f)
-    d.log("requested_performance_issue_same", bool(r.performance_issue_same), file=f)
-    d.log("requested_performance_issue_same_index", int(r.performance_issue_same_index), file=f)
-    d.log("requested_performance_sample_count_override", int(r.performance_sample_count_override), file=f)
-    d.log("requested_accuracy_sample_count_override", int(r.accuracy_sample_count_override), file=f)
-    d.log("requested_sample_concatenate_permutation", bool(r.sample_concatenate_permutation), file=f)
-    d.log("effective_scenario", e.scenario.name, file=f)
-    d.log("effective_test_mode", e.mode.name, file=f)
-    d.log("effective_samples_per_query", e.samples_per_query, file=f)
-    d.log("effective_target_qps", e.target_qps, file=f)
-    d.log("effective_target_latency_ns", e.target_latency_ns, file=f)
-    d.log("effective_target_latency_percentile", e.target_latency_percentile, file=f)
-    d.log("effective_max_async_queries", e.max_async_queries, file=f)
-    d.log("effective_target_duration_ms", e.target_duration_ms, file=f)
-    for k in ("min_duration_ms", "max_duration_ms", "min_query_count", "max_query_count", "min_sample_count",
-              "qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed", "accuracy_log_rng_seed"):
-        d.log("effective_" + k, getattr(e, k), file=f)
-    d.log("effective_accuracy_log_probability", e.accuracy_log_probability, file=f)
-    d.log("effective_accuracy_log_sampling_target", e.accuracy_log_sampling_target, file=f)
-    d.log("effective_print_timestamps", e.print_timestamps, file=f)
-    d.log("effective_performance_issue_unique", e.performance_issue_unique, file=f)
-    d.log("effective_performance_issue_same", e.performance_issue_same, file=f)
-    d.log("effective_performance_issue_same_index", e.performance_issue_same_index, file=f)
-    d.log("effective_performance_sample_count", e.performance_sample_count, file=f)
-    d.log("effective_accuracy_sample_count", e.accuracy_sample_count, file=f)
-    d.log("effective_sample_concatenate_permutation", e.sample_concatenate_permutation, file=f)
-
-
-def _name(obj, default: str) -> str:
-    n = getattr(obj, "name", None)
-    if callable(n):
-        n = n()
-    return str(n) if n else default
-
-
-def start_test(sut: SystemUnderTest, qsl: QuerySampleLibrary, settings: TestSettings,
-               log_settings: LogSettings | None = None, outdir: str | os.PathLike | None = None,
-               audit_config_filename: str = "audit.config") -> TestResult:
-    """Run one test and write the official log files into ``outdir``.
-
-    ``outdir`` defaults to ``log_settings.log_output.outdir``.  Returns a :class:`TestResult`;
-    raises :class:`SUTError` (after writing the logs) if the SUT raised.
-    """
-    global _ACTIVE
-    log_settings = log_settings or LogSettings()
-    if outdir is None:
-        outdir = log_settings.log_output.outdir
-    settings = TestSettings(**dataclasses.asdict(settings)) if dataclasses.is_dataclass(settings) else settings
-    settings.validate()  # also turns official-binding enums into ours
-    total = int(qsl.total_sample_count)
-    perf = int(qsl.performance_sample_count)
-    if total <= 0:
-        raise LoadGenError(f"QSL total_sample_count must be > 0, got {total}")
-    if perf <= 0 and not settings.performance_sample_count_override:
-        raise LoadGenError(f"QSL performance_sample_count must be > 0, got {perf}")
+def _activate(test: "_Test") -> None:
+    """Make ``test`` the one running test (query_samples_complete routes answers to it)."""
+    global _ACTIVE, _stray_notes
     with _ACTIVE_LOCK:
         if _ACTIVE is not None:
             raise LoadGenError("another test is already running in this process")
-        test = _Test(sut, qsl, settings, log_settings, os.fspath(outdir) if outdir is not None else None)
-        _ACTIVE = test
-    d = test.detail
-    summary: PerformanceSummary | None = None
-    peak = None
-    try:
-        d.log("loadgen_version", VERSION, file="version.py")
-        d.log("test_datetime", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        d.log("sut_name", _name(sut, "PySUT"))
-        d.log("qsl_name", _name(qsl, "PyQSL"))
-        d.log("qsl_reported_total_count", total)
-        d.log("qsl_reported_performance_count", perf)
-        if audit_config_filename and os.path.exists(audit_config_filename):
-            d.warning("warning_generic_message", "Found Audit Config file (audit.config). Overriding "
-                      "TestSettings from audit.config file.")
-            from .settings import parse_config
-            settings._apply(parse_config(open(audit_config_filename).read(), audit_config_filename), "*",
-                            settings.scenario.name, official=False)
-        eff = EffectiveSettings.from_requested(settings, total, perf)
-        if eff.performance_sample_count > total:
-            d.warning("warning_generic_message", f"performance_sample_count ({eff.performance_sample_count}) is "
-                      f"larger than the QSL ({total}); using {total}")
-            eff = eff.replace(performance_sample_count=total)
-        _log_settings(d, settings, eff)
-        mode = eff.mode
-        if mode in (TestMode.SubmissionRun, TestMode.AccuracyOnly):
-            _run_accuracy(test, eff)
-        if test.sut_exception is None:
-            if mode in (TestMode.SubmissionRun, TestMode.PerformanceOnly):
-                summary = _run_performance(test, eff)
-            elif mode == TestMode.FindPeakPerformance:
-                summary, peak = _run_find_peak(test, eff)
-    finally:
-        with _ACTIVE_LOCK:
-            _ACTIVE = None
-        if summary is not None:
-            summary.log_detail(d)
-        d.log("num_errors", d.errors, file="results.py")
-        d.close()
-        test.acc.close()
-        text = summary.summary_text(d.warnings, d.errors) if summary is not None else _no_perf_summary(test, d)
-        if "summary" in test.paths:
-            with open(test.paths["summary"], "w") as f:
-                f.write(text)
-            if log_settings.enable_trace:
-                with open(test.paths["trace"], "w") as f:
-                    f.write('{ "traceEvents": [] }\n')
-        if log_settings.log_output.copy_summary_to_stdout:
-            print(text, end="", flush=True)
-    result = TestResult(settings=eff, summary=summary, outdir=test.outdir, errors=list(test.errors),
-                        accuracy_samples_logged=test.acc.count, peak_qps=peak)
-    if test.sut_exception is not None:
-        raise SUTError(f"the SUT raised {type(test.sut_exception).__name__}: {test.sut_exception} "
-                       f"(logs written to {test.outdir})") from test.sut_exception
-    return result
+        _ACTIVE, _stray_notes = test, 0
 
 
-def _no_perf_summary(test: _Test, d: DetailLog) -> str:
-    """Accuracy-only runs: the official summary holds just the warning/error counts.  When the
-    run failed (an mlperf_jax-detected SUT problem) the reasons are listed first."""
-    lines = []
-    if test.errors:
-        lines += ["Result is : INVALID"] + [" * " + e for e in dict.fromkeys(test.errors)]
-    lines += ["", "No warnings encountered during test." if d.warnings == 0 else
-              f"{d.warnings} warning{'s' if d.warnings > 1 else ''} encountered. See detailed log.", "",
-              "No errors encountered during test." if d.errors == 0 else
-              f"{d.errors} ERROR{'S' if d.errors > 1 else ''} encountered. See detailed log."]
-    return "\n".join(lines) + "\n"
+def _deactivate() -> None:
+    global _ACTIVE
+    with _ACTIVE_LOCK:
+        _ACTIVE = None
 
 
-def _run_accuracy(test: _Test, eff: EffectiveSettings) -> None:
-    d = test.detail
-    d.log("generic_message", "Starting accuracy mode")
-    acc = eff.replace(mode=TestMode.AccuracyOnly)
-    for ls in _schedule.generate_loadable_sets(acc, accuracy=True):
-        d.log("loaded_qsl_set", ls.indices)
-        test.qsl.load_samples_to_ram(list(ls.indices))
-        test.issue_queries(acc, TestMode.AccuracyOnly, ls)
-        test.qsl.unload_samples_from_ram(list(ls.indices))
-        if test.sut_exception is not None or test.errors:
-            break
-
-
-def _perf_once(test: _Test, eff: EffectiveSettings, ls) -> PerformanceSummary:
-    pr = test.issue_queries(eff, TestMode.PerformanceOnly, ls)
-    return PerformanceSummary(_name(test.sut, "PySUT"), eff, pr)
-
-
-def _run_performance(test: _Test, eff: EffectiveSettings) -> PerformanceSummary:
-    d = test.detail
-    d.log("generic_message", "Starting performance mode")
-    perf = eff.replace(mode=TestMode.PerformanceOnly)
-    ls = _schedule.generate_loadable_sets(perf, accuracy=False)[0]
-    d.log("loaded_qsl_set", ls.indices)
-    test.qsl.load_samples_to_ram(list(ls.indices))
-    try:
-        summary = _perf_once(test, perf, ls)
-    finally:
-        test.qsl.unload_samples_from_ram(list(ls.indices))
-    summary.settings = eff  # the summary reports the requested mode (e.g. SubmissionRun)
-    return summary
-
-
-def _run_find_peak(test: _Test, eff: EffectiveSettings):
-    """The official FindPeakPerformance (Server only): widen the QPS bound, then bisect."""
-    d = test.detail
-    d.log("generic_message", "Starting FindPeakPerformance mode")
-    if eff.scenario != TestScenario.Server:
-        d.error("error_invalid_config", "Not supported scenario. Only Server scenario is supported.")
-        return None, None
-    step = eff.requested.server_find_peak_qps_boundary_step_size
-    decimals = eff.requested.server_find_peak_qps_decimals_of_precision
-    def run_at(qps: float) -> PerformanceSummary:
-        s = eff.replace(target_qps=qps)  # keeps mode FindPeakPerformance for the summary
-        ls = _schedule.generate_loadable_sets(s, accuracy=False)[0]
-        d.log("loaded_qsl_set", ls.indices)
-        test.qsl.load_samples_to_ram(list(ls.indices))
-        try:
-            return _perf_once(test, s, ls)
-        finally:
-            test.qsl.unload_samples_from_ram(list(ls.indices))
-
-    d.log("generic_message", f"FindPeakPerformance: Check validity of the base settings field: "
-                             f"target_qps = {eff.target_qps}")
-    lower = run_at(eff.target_qps)
-    if not lower.perf_constraints_met:
-        d.error("error_runtime", "FindPeakPerformance: Initial lower bound does not satisfy performance "
-                f"constraints, msg: {lower.perf_constraints_recommendation}")
-        return lower, None
-    upper = lower
-    while upper.perf_constraints_met and not test.errors:
-        lower = upper
-        qps = lower.settings.target_qps * (1 + step)
-        d.log("generic_message", f"FindBoundaries: Checking fields [target_qps = {lower.settings.target_qps}, "
-                                 f"target_qps = {qps})")
-        upper = run_at(qps)
-    d.log("generic_message", f"FindPeakPerformance: Found boundaries: [target_qps = {lower.settings.target_qps}, "
-                             f"target_qps = {upper.settings.target_qps})")
-    precision = 10.0 ** (-decimals)
-    while upper.settings.target_qps - lower.settings.target_qps > precision and not test.errors:
-        mid = lower.settings.target_qps + (upper.settings.target_qps - lower.settings.target_qps) / 2
-        mid = round(mid, decimals)
-        if mid <= lower.settings.target_qps or mid >= upper.settings.target_qps:
-            break
-        d.log("generic_message", f"FindPeakPerformanceBinarySearch: Testing the mid value of bounds "
-                                 f"[target_qps = {lower.settings.target_qps}, target_qps = "
-                                 f"{upper.settings.target_qps}): target_qps = {mid}")
-        m = run_at(mid)
-        if m.perf_constraints_met:
-            lower = m
-        else:
-            upper = m
-    d.log("generic_message", f"FindPeakPerformance: Found peak performance field: target_qps = "
-                             f"{lower.settings.target_qps}")
-    return lower, lower.settings.target_qps
+def start_test(*args, **kwargs) -> TestResult:
+    """See :func:`mlperf_jax.loadgen.runner.start_test` (kept here for ``core.start_test``)."""
+    from .runner import start_test as run
+    return run(*args, **kwargs)

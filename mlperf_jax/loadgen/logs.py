@@ -16,7 +16,7 @@ def fmt_g(x) -> str:
     if isinstance(x, bool):
         return "1" if x else "0"
     if isinstance(x, int):
-        return str(x)
+        return "%d" % x  # not str(): an IntEnum prints its name
     x = float(x)
     if math.isnan(x):
         return "nan"
@@ -34,7 +34,7 @@ def _json_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
-        return str(v)
+        return "%d" % v  # not str(): an IntEnum prints its name
     if isinstance(v, float):
         s = fmt_g(v)
         return s if s not in ("nan", "inf", "-inf") else json.dumps(s)
@@ -46,10 +46,19 @@ def _json_value(v) -> str:
 
 
 class DetailLog:
-    """``mlperf_log_detail.txt``: one ``:::MLLOG {json}`` line per entry, official key names."""
+    """``mlperf_log_detail.txt``: one ``:::MLLOG {json}`` line per entry, official key names.
 
-    def __init__(self, path: str | None, t0_ns: int, copy_to_stdout: bool = False):
+    ``log_mode`` is the official ``LoggingMode`` and decides only when lines reach the file:
+    0 AsyncPoll (flushed every ``poll_ms``), 1 EndOfTestOnly (held until the end),
+    2 Synchronous (flushed at once).  The file's content is the same in all three."""
+
+    def __init__(self, path: str | None, t0_ns: int, copy_to_stdout: bool = False,
+                 log_mode: int = 0, poll_ms: int = 1000):
         self._f = open(path, "w") if path else None
+        self._mode = int(log_mode)
+        self._poll_ns = max(0, int(poll_ms)) * 1_000_000
+        self._last_flush = time.perf_counter_ns()
+        self._held: list[str] = []
         self._t0 = t0_ns
         self._lock = threading.Lock()
         self._stdout = copy_to_stdout
@@ -74,9 +83,19 @@ class DetailLog:
                 self.warnings += 1
             self.entries.append((key, value))
             if self._f:
-                self._f.write(line + "\n")
+                self._write_locked(line + "\n")
             if self._stdout:
                 print(line, flush=True)
+
+    def _write_locked(self, text: str) -> None:
+        if self._mode == 1:
+            self._held.append(text)
+            return
+        self._f.write(text)
+        now = time.perf_counter_ns()
+        if self._mode == 2 or now - self._last_flush >= self._poll_ns:
+            self._f.flush()
+            self._last_flush = now
 
     def error(self, key: str, value, **kw) -> None:
         self.log(key, value, error=True, **kw)
@@ -89,6 +108,8 @@ class DetailLog:
 
     def close(self) -> None:
         if self._f:
+            self._f.write("".join(self._held))
+            self._held = []
             self._f.close()
             self._f = None
 

@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from . import results_v05 as _v05
 from .early_stopping import MinPassingQueriesFinder
 from .logs import DetailLog, fmt_fixed, fmt_g
 from .settings import EffectiveSettings, TestScenario
@@ -33,6 +34,7 @@ class PerformanceResult:
     extra_invalid_reasons: list[str] = dataclasses.field(default_factory=list)
     issue_lateness_ns: np.ndarray | None = None   # Server: actual issue - scheduled time
     unanswered_samples: int = 0
+    query_intervals: np.ndarray | None = None     # rules v0.5 MultiStream (multistream_v05.py)
 
 
 class PerformanceSummary:
@@ -82,6 +84,8 @@ class PerformanceSummary:
         self.official_valid = (self.min_duration_met and self.min_queries_met and self.perf_constraints_met
                                and self.early_stopping_met)
         self.valid = self.official_valid and not pr.extra_invalid_reasons
+        if _v05.applies(s):  # MLPerf v0.5 rules decide instead (results_v05.py)
+            _v05.finish(self)
 
     # ------------------------------------------------------------------ checks
     def _early_stopping(self) -> tuple[bool, str]:
@@ -184,6 +188,8 @@ class PerformanceSummary:
     @property
     def metric(self) -> tuple[str, float]:
         """(name, value) of the scenario's headline metric."""
+        if _v05.applies(self.settings):
+            return _v05.metric(self)
         sc = self.settings.scenario
         if sc == TestScenario.SingleStream:
             return "latency_ns", float(self.target_sample_latency)
@@ -195,6 +201,8 @@ class PerformanceSummary:
 
     # ----------------------------------------------------------------- output
     def summary_text(self, warnings: int, errors: int) -> str:
+        if _v05.applies(self.settings):
+            return _v05.summary_text(self, warnings, errors)
         s, pr = self.settings, self.pr
         sc = s.scenario
         out = ["================================================", "MLPerf Results Summary",
@@ -281,6 +289,8 @@ class PerformanceSummary:
         return "\n".join(out) + "\n"
 
     def log_detail(self, d: DetailLog) -> None:
+        if _v05.applies(self.settings):
+            return _v05.log_detail(self, d)
         s, pr = self.settings, self.pr
         sc = s.scenario
         f = "results.py"

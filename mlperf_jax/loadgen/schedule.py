@@ -44,6 +44,8 @@ def generate_loadable_sets(s: EffectiveSettings, accuracy: bool) -> list[Loadabl
     performance_sample_count.  MultiStream sets are padded with their first spq-1 samples."""
     rng = MT19937(s.qsl_rng_seed)
     total = s.accuracy_sample_count if accuracy else s.performance_sample_count
+    if s.qsl_total_count:
+        total = min(total, s.qsl_total_count)  # official: capped to the QSL's size, silently
     samples = list(range(total))
     rng.shuffle(samples)
     size = max(1, s.performance_sample_count)

@@ -29,6 +29,8 @@ __all__ = [
     "EffectiveSettings",
     "SCENARIO_NAMES",
     "official_mlperf_conf",
+    "UNSUPPORTED",
+    "refuse_unsupported",
 ]
 
 
@@ -43,8 +45,10 @@ class TestScenario(enum.IntEnum):
     Server = 2
     Offline = 3
 
-    def __str__(self) -> str:  # "SingleStream", as the official ToString
-        return self.name
+    def __str__(self) -> str:
+        # "TestScenario.Offline", as the official pybind11 enum prints (harnesses print and key
+        # results by it); the log files write ``.name`` ("Offline"), as the official ToString.
+        return f"{type(self).__name__}.{self.name}"
 
 
 class TestMode(enum.IntEnum):
@@ -54,14 +58,17 @@ class TestMode(enum.IntEnum):
     PerformanceOnly = 2
     FindPeakPerformance = 3
 
-    def __str__(self) -> str:
-        return self.name
+    def __str__(self) -> str:  # "TestMode.PerformanceOnly", as the official binding
+        return f"{type(self).__name__}.{self.name}"
 
 
 class LoggingMode(enum.IntEnum):
     AsyncPoll = 0
     EndOfTestOnly = 1
     Synchronous = 2
+
+    def __str__(self) -> str:  # "LoggingMode.AsyncPoll", as the official binding
+        return f"{type(self).__name__}.{self.name}"
 
 
 SCENARIO_NAMES = tuple(s.name for s in TestScenario)
@@ -124,6 +131,12 @@ class TestSettings:
     tpot_latency: int = 100_000_000
     infer_token_latencies: bool = False
     token_latency_scaling_factor: int = 0
+    # mlperf_jax: the round whose rules apply (rules.py): "current" (the official 6.0 semantics)
+    # or "v0.5".  The two MultiStream fields below are the r0.5 TestSettings' (defaults
+    # included); only rules="v0.5" reads them.
+    rules: str = "current"
+    multi_stream_target_qps: float = 10.0
+    multi_stream_max_async_queries: int = 1
 
     # ------------------------------------------------------------------ config
     def from_config(self, path: str | os.PathLike | None, model: str, scenario: str,
@@ -278,6 +291,29 @@ class TestSettings:
             raise ConfigError("performance_issue_unique, performance_issue_same: cannot both be true")
 
 
+# Settings the official TestSettings accepts that this LoadGen does not implement: refused
+# (only when set to a non-default value) instead of silently ignored.
+#   server_num_issue_query_threads: the official then waits for that many SUT threads to call
+#     RegisterIssueQueryThread, which its Python binding does not expose (it hangs).
+#   use_token_latencies / infer_token_latencies: LLM token metrics (first-token and
+#     per-output-token latencies) are not modelled.  ttft_latency, tpot_latency and
+#     token_latency_scaling_factor act only with these on, in the official LoadGen too.
+UNSUPPORTED = {
+    "server_num_issue_query_threads": "issue threads registered by the SUT are not supported",
+    "use_token_latencies": "token latencies (TTFT/TPOT) are not implemented",
+    "infer_token_latencies": "inferred token latencies are not implemented",
+}
+
+
+def refuse_unsupported(s: "TestSettings") -> None:
+    """Raise ConfigError naming every unsupported setting that is set to a non-default value."""
+    default = TestSettings()
+    bad = [f"{k} = {getattr(s, k)!r} ({why})" for k, why in UNSUPPORTED.items()
+           if getattr(s, k) != getattr(default, k)]
+    if bad:
+        raise ConfigError("unsupported setting" + ("s" if len(bad) > 1 else "") + ": " + "; ".join(bad))
+
+
 def _coerce_enum(cls, v, field: str):
     """Accept our enums, names, ints, or the official binding's enum values."""
     try:
@@ -411,6 +447,9 @@ class EffectiveSettings:
     performance_sample_count: int
     accuracy_sample_count: int
     sample_concatenate_permutation: bool
+    # The QSL's size: loadable sets are capped to it, as the official GenerateLoadableSets
+    # does (the logged performance/accuracy counts stay as requested).  0: no cap.
+    qsl_total_count: int = 0
 
     @classmethod
     def from_requested(cls, r: TestSettings, qsl_total: int, qsl_performance: int) -> "EffectiveSettings":
@@ -467,6 +506,7 @@ class EffectiveSettings:
             performance_issue_same_index=int(r.performance_issue_same_index),
             performance_sample_count=int(perf_count), accuracy_sample_count=int(acc_count),
             sample_concatenate_permutation=bool(r.sample_concatenate_permutation),
+            qsl_total_count=int(qsl_total),
         )
 
     def replace(self, **kw: Any) -> "EffectiveSettings":
