@@ -253,6 +253,11 @@ def plan_lines(settings: TestSettings, qsl_total: int, qsl_performance: int,
     est = estimate(settings, qsl_total, qsl_performance, measured)
     sc = TestScenario(settings.scenario).name
     mode = TestMode(settings.mode).name
+    if (TestMode(settings.mode) == TestMode.AccuracyOnly and measured is None
+            and TestScenario(settings.scenario) != TestScenario.Server):
+        # nothing paces these runs but the SUT: the expected QPS/latency settings say nothing
+        return [f"expected duration: the SUT's ({sc} {mode}: {est.why}, as fast as it answers; "
+                "--target_qps=auto measures its rate first)"]
     lines = [f"expected duration: about {human(est.seconds)} ({sc} {mode}: {est.why}; at {est.rate})"]
     lines += [f"WARNING: {w}" for w in est.warnings]
     if TestMode(settings.mode) != TestMode.AccuracyOnly and est.seconds > LONG_RUN_S:

@@ -119,7 +119,8 @@ def user_conf_text(settings: TestSettings, benchmark: str, scenario: str, user_c
 
 # ------------------------------------------------------------------------------ measurements.json
 def measurements(benchmark: str, *, weights: str, variables: Any = None, dtype: str = "float32",
-                 checkpoint_dir: str | None = None, data: str | None = None) -> dict[str, str]:
+                 checkpoint_dir: str | None = None, data: str | None = None,
+                 precision: str = "fp32") -> dict[str, str]:
     """The implementation facts the checker requires (SYSTEM_IMP_REQUIRED_FILES), plus notes."""
     stored = "unknown"
     if variables is not None:
@@ -136,7 +137,11 @@ def measurements(benchmark: str, *, weights: str, variables: Any = None, dtype: 
         "retraining": retrain,
         "input_data_types": INPUT_TYPES.get(benchmark, system_desc.UNKNOWN),
         "weight_data_types": weight_types,
-        "weight_transformations": "none" if dtype in stored.split(", ") else f"cast to {dtype} for compute",
+        "weight_transformations": (
+            "int8 post-training quantization (qwix; per-output-channel weight scales, static "
+            "per-tensor activation scales from the MLPerf calibration list; README: INT8 "
+            "quantization)" if precision == "int8" else
+            "none" if dtype in stored.split(", ") else f"cast to {dtype} for compute"),
         "notes": f"mlperf_jax run; weights: {weights}; data: {data or 'unknown'}; logs from mlperf_jax's "
                  "pure-Python LoadGen (not the official LoadGen)",
     }
@@ -204,7 +209,7 @@ def write_run(submission_dir: str, *, outdir: str, benchmark: str, scenario: str
               settings: TestSettings, accuracy_text: str | None, command: list[str],
               user_conf: str | None = None, system_name: str | None = None, weights: str = "random init",
               variables: Any = None, dtype: str = "float32", checkpoint_dir: str | None = None,
-              data: str | None = None) -> str:
+              data: str | None = None, precision: str = "fp32") -> str:
     """Copy the logs of the finished run in ``outdir`` into ``submission_dir`` and write the
     files around them; returns the scenario directory.  ``mode`` is the CLI's (performance,
     accuracy, submission); ``command`` the argv of the run (for README.md)."""
@@ -241,7 +246,7 @@ def write_run(submission_dir: str, *, outdir: str, benchmark: str, scenario: str
         shutil.copyfile(_rules.profile_of(settings).conf_path(), os.path.join(scen, "mlperf.conf"))
     _complete_json(os.path.join(scen, "measurements.json"),
                    measurements(benchmark, weights=weights, variables=variables, dtype=dtype,
-                                checkpoint_dir=checkpoint_dir, data=data))
+                                checkpoint_dir=checkpoint_dir, data=data, precision=precision))
     commands = _commands_from_readme(os.path.join(scen, "README.md"))
     commands[mode] = "python -m mlperf_jax.infer " + shlex.join(command[1:])
     notes = []
