@@ -24,8 +24,11 @@ FORCE:
 install: $(STAMP)
 
 ## Train a benchmark's tiny track (synthetic data, 2 CPU cores): N runs, olympic mean, table.
+# ... then one self-contained HTML page of those runs (tables and plots; its path is printed last).
+TRAIN_WORKDIR = $(or $(patsubst --workdir=%,%,$(filter --workdir=%,$(ARGS))),runs)
 train: $(STAMP)
 	$(PY) -m mlperf_jax.train --benchmark=$(BENCHMARK) --noresume $(ARGS)
+	$(PY) -m mlperf_jax.report html --runs=$(TRAIN_WORKDIR) --benchmark=$(BENCHMARK) --newest
 
 ## The test suite (fake CPU devices for sharding; runs the MLPerf compliance checker on our logs).
 test: $(STAMP)
