@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from mlperf_jax import checkpoint as checkpoint_lib
+from mlperf_jax import energy as energy_lib
 from mlperf_jax import mllog as mllog_lib
 from mlperf_jax import results as results_lib
 from mlperf_jax import sharding as sharding_lib
@@ -196,7 +197,12 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
     def block_first(e: int) -> int:
         return max([x for x in eval_epochs if x < e], default=0) + 1
 
+    # energy of the part before an interruption, carried like train_time_s (None: not metered)
+    energy_before = meta.get("energy_j", None if resumed else 0.0)
+    energy_s_before = float(meta.get("energy_s", 0.0))
+    meter = energy_lib.auto_meter()  # NVML init and the like: before the clock
     t_run = time.perf_counter()
+    session = meter.start()  # read at run_start
     if resumed:
         log.event("run_resumed", elapsed_before,
                   metadata={"epoch_num": start_epoch, "step": step, "resumes": n_resumes})
@@ -213,11 +219,14 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
     def save(next_epoch: int, skip: int) -> None:
         if ckpt is None or not opts.checkpoint:
             return
+        so_far = energy_lib.total_over_processes(session.snapshot())
         ckpt.save(step, state, {
             "elapsed_s": elapsed(), "units": units_done, "samples": samples_done,
             "units_name": units_name, "train_time_s": train_time, "epoch": next_epoch,
             "step_in_epoch": skip, "last_metrics": last_metrics, "resumes": n_resumes,
-            "log_run_start_s": t_log_start, "model_times": model_times},
+            "log_run_start_s": t_log_start, "model_times": model_times,
+            "energy_j": None if energy_before is None or so_far.joules is None
+            else energy_before + so_far.joules, "energy_s": energy_s_before + so_far.seconds},
             data.get_state() if data.get_state is not None else None)
 
     status, reason = "aborted", "epoch budget exhausted before the target was reached"
@@ -287,6 +296,7 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
             if not bench.eval_timed:
                 t_pause = time.perf_counter()
                 log.pause()
+                session.pause()
             log.start(K.EVAL_START, metadata={"epoch_num": epoch})
             if not context_cache:
                 context_cache.append(data.eval_context() if data.eval_context else None)
@@ -299,6 +309,7 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
             log.end(K.EVAL_STOP, metadata={"epoch_num": epoch})
             if not bench.eval_timed:
                 log.resume()
+                session.resume()
                 paused[0] += time.perf_counter() - t_pause
             bar.set_postfix_str(_postfix(epoch, last, last_metrics, target, elapsed()))
             save(epoch + 1, 0)
@@ -312,8 +323,16 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
         status, reason = "aborted", str(e)
     finally:
         bar.close()
+        session.close()
     log.end(K.RUN_STOP, metadata={"status": status})
     ttt = elapsed()
+    part = energy_lib.total_over_processes(session.stop())  # read at run_stop
+    energy_j = (None if energy_before is None or part.joules is None
+                else energy_before + part.joules)
+    energy_s = energy_s_before + part.seconds
+    energy_src = part.source
+    if energy_before is None and part.joules is not None:
+        energy_src = "not measured (the part before the resume was not metered)"
     primary = None if last_metrics is None else last_metrics.get(target.primary)
     result = results_lib.RunResult(
         run=run, seed=seed, status=status, time_to_train_s=ttt, epochs=epochs_done,
@@ -321,7 +340,10 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
         throughput=(units_done / train_time) if train_time > 0 else 0.0,
         throughput_unit=units_name, compile_time_s=compiled.compile_time_s, init_time_s=init_s,
         log_path=log_path, reason=reason, resumed=n_resumes,
-        rates=dict(data.rates()) if data.rates is not None else {})
+        rates=dict(data.rates()) if data.rates is not None else {},
+        device_count=jax.device_count(), device_kind=jax.devices()[0].device_kind,
+        energy_j=energy_j, energy_source=energy_src,
+        avg_power_w=energy_j / energy_s if energy_j is not None and energy_s > 0 else None)
     return result, params_checksum(state.params)
 
 
