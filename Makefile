@@ -7,7 +7,7 @@ BENCHMARK ?= resnet50
 ARGS ?=
 EXTRAS ?= test
 
-.PHONY: train test install clean FORCE
+.PHONY: train test notebook install clean FORCE
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ train: $(STAMP)
 ## The test suite (fake CPU devices for sharding; runs the MLPerf compliance checker on our logs).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+## Execute notebooks/quickstart.ipynb end to end (QUICK=1: the ~1 min run the tests do; else ~5 min)
+notebook: $(STAMP)
+	$(PY) scripts/run_notebook.py notebooks/quickstart.ipynb $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

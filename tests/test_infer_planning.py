@@ -139,7 +139,8 @@ def test_auto_offline_rate_predicts_the_real_run(tiny_sut, tmp_path, monkeypatch
     s = lg.TestSettings(scenario=lg.TestScenario.Offline, mode=lg.TestMode.PerformanceOnly,
                         min_duration_ms=1000, min_query_count=1)
     m, lines = planning.auto_target(sut, qsl, s, budget_s=1.0)
-    assert m.samples_per_second > 0 and s.offline_expected_qps == m.samples_per_second
+    assert m.samples_per_second > 0
+    assert s.offline_expected_qps == pytest.approx(planning.OFFLINE_FACTOR * m.samples_per_second)
     assert "offline_expected_qps set to" in lines[0] and "measured" in lines[0]
     predicted = planning.estimate(s, qsl.total_sample_count, qsl.performance_sample_count, m)
     assert os.listdir(tmp_path) == []
@@ -156,7 +157,7 @@ def test_auto_server_and_single_stream(tiny_sut):
     m, lines = planning.auto_target(sut, qsl, s, budget_s=0.5)
     assert m.samples_per_second > 0
     assert s.server_target_qps == pytest.approx(planning.SERVER_FRACTION * m.samples_per_second)
-    assert "server_target_qps set to 0.8 x" in lines[0]
+    assert f"server_target_qps set to {planning.SERVER_FRACTION:g} x" in lines[0]
     s = lg.TestSettings(scenario=lg.TestScenario.SingleStream)
     m, lines = planning.auto_target(sut, qsl, s, budget_s=0.5)
     assert m.query_latency_s > 0 and s.single_stream_expected_latency_ns == pytest.approx(m.query_latency_s * 1e9)

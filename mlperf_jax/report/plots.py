@@ -10,7 +10,8 @@ Stable API (a notebook builds on these names and signatures):
     save_png(fig, path) / png_bytes(fig)        render with the Agg backend
 
 Figures are made with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so nothing here
-changes the caller's pyplot backend or opens a window; in Jupyter a returned Figure displays as is.
+changes the caller's pyplot backend or opens a window; in Jupyter, show a returned Figure with
+``%matplotlib inline`` active (or ``display(fig)``).
 
 What the logs hold, and so what is drawn:
   * training ``result_N.txt``: ``eval_accuracy`` (with ``epoch_num``) at every eval, ``run_start``,
