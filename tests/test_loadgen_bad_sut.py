@@ -204,3 +204,49 @@ def test_large_offline_answer_errors_name_the_id(tmp_path, bad):
     want = (f"unknown response id {qs[-1].id + 7}" if bad == "unknown" else f"sample id {qs[499].id} more than once")
     assert any(want in e for e in r.errors) and not r.valid
     assert r.summary.sample_count == len(qs)  # every issued sample answered once, as counted
+
+
+@pytest.mark.parametrize("raises", [False, True])
+@pytest.mark.parametrize("caller_froze", [False, True])
+def test_gc_is_the_callers_again_after_a_run(tmp_path, raises, caller_froze):
+    """The collector is held back only while the clock runs (loadgen/gc_hold.py): after a test,
+    even one whose SUT raised, Python's gc thresholds, frozen set and on/off state are what the
+    caller left; a caller's own gc.freeze() is never undone."""
+    import gc
+    from mlperf_jax.loadgen import gc_hold
+    keep = [[i] for i in range(1000)]  # tracked objects alive before the run
+    old = gc.get_threshold()
+    gc.set_threshold(900, 11, 12)
+    if caller_froze:
+        gc.freeze()
+    frozen = gc.get_freeze_count()
+    during = []
+
+    class Big:
+        def issue_queries(self, qs):
+            during.append((gc.get_threshold(), gc.get_freeze_count(), len(qs)))
+            if raises:
+                raise RuntimeError("boom")
+            lg.query_samples_complete([lg.QuerySampleResponse(q.id, b"") for q in qs])
+
+        def flush_queries(self):
+            pass
+
+    try:
+        s = settings(lg.TestScenario.Offline, offline_expected_qps=50_000, min_query_count=1)
+        if raises:
+            with pytest.raises(core.SUTError):
+                lg.start_test(Big(), QSL(), s, outdir=tmp_path)
+        else:
+            assert lg.start_test(Big(), QSL(), s, outdir=tmp_path).summary.sample_count == during[0][2]
+        (t0, t1, t2), frozen_during, n = during[0]
+        assert n >= 4096 and (t0, t1, t2) == (gc_hold.YOUNG_THRESHOLD, gc_hold.MIDDLE_THRESHOLD, 12)
+        # Frozen during the run: nothing more if the caller froze (frozen objects may die, so <=);
+        # else the pre-run objects and the query's samples.
+        assert (frozen_during <= frozen) if caller_froze else (frozen_during >= len(keep) + n)
+        assert gc.get_threshold() == (900, 11, 12) and gc.isenabled()
+        # The caller's frozen objects (`keep` among them, still alive) are still frozen.
+        assert len(keep) < gc.get_freeze_count() <= frozen if caller_froze else gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*old)

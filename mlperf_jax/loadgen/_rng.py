@@ -39,7 +39,7 @@ class MT19937:
 
     def raw(self, n: int) -> np.ndarray:
         """The next ``n`` 32-bit outputs, as uint64."""
-        return self._bg.random_raw(n).astype(np.uint64)
+        return np.asarray(self._bg.random_raw(n), dtype=np.uint64)  # already uint64: no copy
 
     def next(self) -> int:
         return int(self._bg.random_raw())
@@ -108,7 +108,7 @@ class MT19937:
         return float(r)
 
     def canonicals(self, n: int) -> np.ndarray:
-        raw = self.raw(2 * n).astype(np.float64).reshape(n, 2)
+        raw = self._bg.random_raw(2 * n).astype(np.float64).reshape(n, 2)  # 32-bit values: exact
         r = (raw[:, 0] + raw[:, 1] * 4294967296.0) / 18446744073709551616.0
         return np.minimum(r, np.nextafter(1.0, 0.0))
 

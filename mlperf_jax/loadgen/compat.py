@@ -92,8 +92,9 @@ def DestroyQSL(qsl) -> None:  # noqa: N802
     pass
 
 
-def QuerySamplesComplete(responses, response_cb=None) -> None:  # noqa: N802
-    _core.query_samples_complete(responses, response_cb)
+# The official name for core.query_samples_complete itself (not a wrapper: one Python call
+# less per answer, which a fast Server SUT makes hundreds of thousands of times a second).
+QuerySamplesComplete = _core.query_samples_complete
 
 
 def FirstTokenComplete(responses, response_cb=None) -> None:  # noqa: N802

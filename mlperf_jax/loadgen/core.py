@@ -3,7 +3,10 @@
 Design (speed): the schedule and sample indices are numpy arrays built before the clock
 starts; the issue loop walks plain Python lists; completion from any thread writes a
 timestamp into an array under one lock; latencies, percentiles and early stopping are
-computed with numpy after the run.
+computed with numpy after the run.  While the clock runs, Python's cyclic collector is held
+back (gc_hold.py): with the default thresholds, a million live sample and response objects
+cost more in collections than everything else.  A huge answer (Offline) with consecutive ids
+is recorded with slice writes.
 
 As the official LoadGen: issuing stops at ``max_duration_ms`` (checked after each issue, so
 one query may go out just past it), then the test waits for every issued sample.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import datetime
+import operator
 import os
 import sys
 import threading
@@ -33,6 +37,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import gc_hold as _gc_hold
 from . import multistream_v05 as _ms05
 from . import schedule as _schedule
 from ._rng import MT19937
@@ -49,6 +54,7 @@ __all__ = [
 VERSION = "mlperf_jax-loadgen 0.1 (pure Python; semantics of mlcommons-loadgen 6.0)"
 
 _clock = time.perf_counter_ns
+_get_id = operator.attrgetter("id")
 
 # The answer guard (see the module docstring).  Module constants so a test can shorten them.
 ANSWER_GUARD_MIN_MS = 300_000     # 5 minutes
@@ -62,6 +68,7 @@ _ACC_LOG_SAMPLE_SEED = 5489
 
 _BAD_LOGGED_MAX = 100  # bad answers (unknown/old/repeated ids) logged per test
 _NO_BAD: list[str] = []  # shared empty list: never appended to (`bad = bad or []` first)
+_BULK_SAMPLES = 4096  # a query this large is built with the collector off, then frozen (gc_hold.py)
 PROGRESS_INTERVAL_S = 2.0  # start_test(progress=True): seconds between progress lines
 
 
@@ -221,6 +228,7 @@ class _Run:
         self.acc_vals = acc_vals
         self.acc_rows: list[tuple[int, int, bytes]] = []
         self.samples_list = q.samples
+        self.gc: _gc_hold.Hold | None = None  # set while the run's clock runs
 
 
 class _Test:
@@ -321,7 +329,25 @@ class _Test:
                 self.detail.error("error_runtime", msg)
 
     def _complete_vector(self, run: _Run, responses, t: int, response_cb, bad: list[str]) -> int:
-        ids = np.fromiter((r.id for r in responses), dtype=np.int64, count=len(responses)) - run.base
+        n = len(responses)
+        ids = np.fromiter(map(_get_id, responses), dtype=np.int64, count=n) - run.base
+        done = run.done
+        lo, hi = int(ids[0]), int(ids[-1])
+        if 0 <= lo and hi < run.issued_samples and hi - lo == n - 1 and (
+                n == 1 or bool((ids[1:] > ids[:-1]).all())):
+            # The common answer: one consecutive block of ids, in order (no repeats possible).
+            if done[lo:hi + 1].any():  # some answered before: the general path sorts it out
+                return self._complete_vector_any(run, responses, ids, t, response_cb, bad)
+            done[lo:hi + 1] = t
+            self._count_queries(run, run.sample_query[lo:hi + 1], t)
+            if run.log_all or run.log_prob > 0:
+                self._log_vector(run, responses, np.arange(n), ids, response_cb)
+            return n
+        return self._complete_vector_any(run, responses, ids, t, response_cb, bad)
+
+    def _complete_vector_any(self, run: _Run, responses, ids: np.ndarray, t: int, response_cb,
+                             bad: list[str]) -> int:
+        """Any ids: out of range, answered before, repeated within the call are bad."""
         ok = (ids >= 0) & (ids < run.issued_samples)
         ok[ok] = run.done[ids[ok]] == 0
         cand = np.flatnonzero(ok)
@@ -334,15 +360,36 @@ class _Test:
                 bad.append(self._bad_msg(run, int(ids[j]) + run.base))
             ids = ids[keep]
         run.done[ids] = t
-        qi, qc = np.unique(run.sample_query[ids], return_counts=True)
+        self._count_queries(run, run.sample_query[ids], t)
+        if run.log_all or run.log_prob > 0:
+            self._log_vector(run, responses, keep, ids, response_cb)
+        return int(ids.size)
+
+    @staticmethod
+    def _count_queries(run: _Run, sq: np.ndarray, t: int) -> None:
+        """Samples answered, by query (``sq``: their query numbers): finished queries get ``t``."""
+        if sq.size == 0:
+            return
+        counts = np.bincount(sq)
+        qi = np.flatnonzero(counts)
+        qc = counts[qi]
         run.remaining[qi] -= qc
         fin = qi[run.remaining[qi] == 0]
         run.qdone[fin] = t
         run.completed_queries += int(fin.size)
-        if run.log_all or run.log_prob > 0:
-            for j, pos in zip(keep.tolist(), ids.tolist()):
-                self._maybe_log(run, responses[j], pos, response_cb)
-        return int(ids.size)
+
+    def _log_vector(self, run: _Run, responses, js: np.ndarray, ids: np.ndarray, response_cb) -> None:
+        """The accuracy log for answers ``responses[js]`` (positions ``ids``): the sampling
+        draw (see _maybe_log) vectorised, the chosen ones logged in answer order."""
+        if not run.log_all:
+            v = run.acc_vals[ids] + run.acc_offset
+            v[v >= 1.0] -= 1.0
+            sel = v <= run.log_prob
+            js, ids = js[sel], ids[sel]
+        for j, pos in zip(js.tolist(), ids.tolist()):
+            if response_cb is not None:
+                response_cb(responses[j])
+            run.acc_rows.append((run.base + pos, int(run.samples_list[pos]), responses[j].payload()))
 
     def _bad_msg(self, run: _Run | None, rid) -> str:
         """The error for an answer that matches no issued, unanswered sample of the current run."""
@@ -498,7 +545,10 @@ class _Test:
                 scheduled_at[i] = now
             issued_at[i] = now
             a, b = offs[i], offs[last + 1]
-            qs = [QuerySample(base + j, samp[j]) for j in range(a, b)]
+            if b - a >= _BULK_SAMPLES and run.gc is not None:  # one huge query (Offline)
+                qs = run.gc.build(lambda: list(map(QuerySample, range(base + a, base + b), samp[a:b])))
+            else:
+                qs = [QuerySample(base + j, samp[j]) for j in range(a, b)]
             run.issued_samples = b
             queries_issued += last - i + 1
             try:
@@ -584,37 +634,40 @@ class _Test:
         max_async = s.max_async_queries
         ran_out = scenario != TestScenario.Server
         guard_ms = max(ANSWER_GUARD_MIN_MS, ANSWER_GUARD_FACTOR * s.max_duration_ms) if max_dur else 0
-        start = _clock()
-        start_wall = time.time()
-        run.start = start
-        run.ms05 = _ms05.for_run(s, start)  # None unless rules v0.5 MultiStream
-        guard = start + guard_ms * 1_000_000 if max_dur else None
-        if (scenario == TestScenario.Server and run.uniform_spq == 1 and not accuracy
-                and not s.requested.server_coalesce_queries):
-            queries_issued = self._issue_server_fast(run, sched, samp, issued_at, issue_end, start, max_dur,
-                                                     max_q, max_async)
-            ran_out = False
-        else:
-            queries_issued, ran_out = self._issue_generic(
-                run, s, sched, offs, samp, issued_at, scheduled_at, issue_end, start, guard, accuracy, ran_out)
-        if scenario == TestScenario.Server:
-            scheduled_at = [start + x for x in sched]
+        # The clock runs from here to the last answer: Python's collector is held back (gc_hold.py).
+        with _gc_hold.held() as gc_hold:
+            run.gc = gc_hold
+            start = _clock()
+            start_wall = time.time()
+            run.start = start
+            run.ms05 = _ms05.for_run(s, start)  # None unless rules v0.5 MultiStream
+            guard = start + guard_ms * 1_000_000 if max_dur else None
+            if (scenario == TestScenario.Server and run.uniform_spq == 1 and not accuracy
+                    and not s.requested.server_coalesce_queries):
+                queries_issued = self._issue_server_fast(run, sched, samp, issued_at, issue_end, start, max_dur,
+                                                         max_q, max_async)
+                ran_out = False
+            else:
+                queries_issued, ran_out = self._issue_generic(
+                    run, s, sched, offs, samp, issued_at, scheduled_at, issue_end, start, guard, accuracy, ran_out)
+            if scenario == TestScenario.Server:
+                scheduled_at = [start + x for x in sched]
 
-        if self.sut_exception is None:
-            try:
-                sut.flush_queries()
-            except BaseException as e:  # noqa: BLE001
-                self.sut_exception = e
-                self.error(f"SUT raised {type(e).__name__}: {e} (in flush_queries)")
-        if mode != TestMode.AccuracyOnly and ran_out and not self.errors:
-            d.error("error_runtime", "Ending early: Ran out of generated queries to issue before the minimum "
-                    "query count and test duration were reached. Please update the relevant expected latency "
-                    "or target qps in the TestSettings so they are more accurate.")
-        issued_samples = offs[queries_issued] if queries_issued else 0
-        if self.sut_exception is None:
-            ok = self._wait_completed(run, issued_samples, guard)  # as the official: wait for all
-        else:
-            ok = run.completed >= issued_samples
+            if self.sut_exception is None:
+                try:
+                    sut.flush_queries()
+                except BaseException as e:  # noqa: BLE001
+                    self.sut_exception = e
+                    self.error(f"SUT raised {type(e).__name__}: {e} (in flush_queries)")
+            if mode != TestMode.AccuracyOnly and ran_out and not self.errors:
+                d.error("error_runtime", "Ending early: Ran out of generated queries to issue before the minimum "
+                        "query count and test duration were reached. Please update the relevant expected latency "
+                        "or target qps in the TestSettings so they are more accurate.")
+            issued_samples = offs[queries_issued] if queries_issued else 0
+            if self.sut_exception is None:
+                ok = self._wait_completed(run, issued_samples, guard)  # as the official: wait for all
+            else:
+                ok = run.completed >= issued_samples
         with self.lock:
             self.run = None  # late answers are logged errors from here on
             completed = run.completed

@@ -162,11 +162,13 @@ def generate_queries(s: EffectiveSettings, mode: TestMode, loaded: LoadableSet) 
             else:
                 reps, rem = divmod(spq, n_loaded)
                 parts = []
-                for _ in range(reps):
-                    block = list(loaded.indices)
-                    if s.sample_concatenate_permutation:
+                if s.sample_concatenate_permutation:
+                    for _ in range(reps):
+                        block = list(loaded.indices)
                         sample_rng.shuffle(block)
-                    parts.append(np.asarray(block, dtype=np.int64))
+                        parts.append(np.asarray(block, dtype=np.int64))
+                elif reps:
+                    parts.append(np.tile(loaded_samples, reps))  # the loaded set, reps times over
                 parts.append(loaded_samples[:rem])
                 q = np.concatenate(parts) if parts else np.empty(0, np.int64)
             per_query.append(q)
