@@ -260,32 +260,12 @@ class PerformanceSummary:
                     f"Mean latency (ns)               : {self.sample_latency_mean}"]
             out += [f"{fmt_fixed(p * 100)} percentile latency (ns)   : {self.percentile_latency[p]}"
                     for p in PERCENTILES]
-        out.append("\n================================================\nTest Parameters Used\n"
-                   "================================================")
-        out += [f"samples_per_query : {s.samples_per_query}", f"target_qps : {fmt_g(s.target_qps)}",
-                f"target_latency (ns): {s.target_latency_ns}", f"max_async_queries : {s.max_async_queries}",
-                f"min_duration (ms): {s.min_duration_ms}", f"max_duration (ms): {s.max_duration_ms}",
-                f"min_query_count : {s.min_query_count}", f"max_query_count : {s.max_query_count}",
-                f"qsl_rng_seed : {s.qsl_rng_seed}", f"sample_index_rng_seed : {s.sample_index_rng_seed}",
-                f"schedule_rng_seed : {s.schedule_rng_seed}", f"accuracy_log_rng_seed : {s.accuracy_log_rng_seed}",
-                f"accuracy_log_probability : {fmt_g(s.accuracy_log_probability)}",
-                f"accuracy_log_sampling_target : {s.accuracy_log_sampling_target}",
-                f"print_timestamps : {int(s.print_timestamps)}",
-                f"performance_issue_unique : {int(s.performance_issue_unique)}",
-                f"performance_issue_same : {int(s.performance_issue_same)}",
-                f"performance_issue_same_index : {s.performance_issue_same_index}",
-                f"performance_sample_count : {s.performance_sample_count}",
-                f"accuracy_sample_count : {s.accuracy_sample_count}"]
+        out += test_parameter_lines(s)
         if s.sample_concatenate_permutation:
             out.append("WARNING: sample_concatenate_permutation was set to true. \nGenerated samples per "
                        "query might be different as the one in the setting.\nCheck the "
                        "generated_samples_per_query line in the detailed log for the real\nsamples_per_query value")
-        out.append("")
-        out.append("No warnings encountered during test." if warnings == 0 else
-                   f"{warnings} warning{'s' if warnings > 1 else ''} encountered. See detailed log.")
-        out.append("")
-        out.append("No errors encountered during test." if errors == 0 else
-                   f"{errors} ERROR{'S' if errors > 1 else ''} encountered. See detailed log.")
+        out += count_lines(warnings, errors)
         return "\n".join(out) + "\n"
 
     def log_detail(self, d: DetailLog) -> None:
@@ -339,3 +319,35 @@ class PerformanceSummary:
         d.log("result_mean_latency_ns", self.sample_latency_mean, file=f)
         for p in PERCENTILES:
             d.log(f"result_{fmt_fixed(p * 100)}_percentile_latency_ns", self.percentile_latency[p], file=f)
+
+
+def test_parameter_lines(s: EffectiveSettings, *, since_v05: bool = True) -> list[str]:
+    """The summary's "Test Parameters Used" block; ``since_v05=False`` leaves out the two keys the
+    r0.5 LoadGen did not have (accuracy_log_sampling_target, accuracy_sample_count)."""
+    out = ["\n================================================\nTest Parameters Used\n"
+           "================================================",
+           f"samples_per_query : {s.samples_per_query}", f"target_qps : {fmt_g(s.target_qps)}",
+           f"target_latency (ns): {s.target_latency_ns}", f"max_async_queries : {s.max_async_queries}",
+           f"min_duration (ms): {s.min_duration_ms}", f"max_duration (ms): {s.max_duration_ms}",
+           f"min_query_count : {s.min_query_count}", f"max_query_count : {s.max_query_count}",
+           f"qsl_rng_seed : {s.qsl_rng_seed}", f"sample_index_rng_seed : {s.sample_index_rng_seed}",
+           f"schedule_rng_seed : {s.schedule_rng_seed}", f"accuracy_log_rng_seed : {s.accuracy_log_rng_seed}",
+           f"accuracy_log_probability : {fmt_g(s.accuracy_log_probability)}"]
+    if since_v05:
+        out.append(f"accuracy_log_sampling_target : {s.accuracy_log_sampling_target}")
+    out += [f"print_timestamps : {int(s.print_timestamps)}",
+            f"performance_issue_unique : {int(s.performance_issue_unique)}",
+            f"performance_issue_same : {int(s.performance_issue_same)}",
+            f"performance_issue_same_index : {s.performance_issue_same_index}",
+            f"performance_sample_count : {s.performance_sample_count}"]
+    if since_v05:
+        out.append(f"accuracy_sample_count : {s.accuracy_sample_count}")
+    return out
+
+
+def count_lines(warnings: int, errors: int) -> list[str]:
+    """The summary's closing warning and error counts, worded as the official LoadGen words them."""
+    return ["", "No warnings encountered during test." if warnings == 0 else
+            f"{warnings} warning{'s' if warnings > 1 else ''} encountered. See detailed log.", "",
+            "No errors encountered during test." if errors == 0 else
+            f"{errors} ERROR{'S' if errors > 1 else ''} encountered. See detailed log."]

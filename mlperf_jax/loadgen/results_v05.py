@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import multistream_v05 as _ms
+from . import results as _results
 from . import rules as _rules
 from .logs import DetailLog, fmt_fixed, fmt_g
 from .settings import EffectiveSettings, TestMode, TestScenario
@@ -134,24 +135,7 @@ def summary_text(ps, warnings: int, errors: int) -> str:
             f"Max latency (ns)                : {ps.sample_latency_max}",
             f"Mean latency (ns)               : {ps.sample_latency_mean}"]
     out += [f"{fmt_fixed(p * 100)} percentile latency (ns)   : {ps.percentile_latency[p]}" for p in PERCENTILES]
-    out.append("\n================================================\nTest Parameters Used\n"
-               "================================================")
-    out += [f"samples_per_query : {s.samples_per_query}", f"target_qps : {fmt_g(s.target_qps)}",
-            f"target_latency (ns): {s.target_latency_ns}", f"max_async_queries : {s.max_async_queries}",
-            f"min_duration (ms): {s.min_duration_ms}", f"max_duration (ms): {s.max_duration_ms}",
-            f"min_query_count : {s.min_query_count}", f"max_query_count : {s.max_query_count}",
-            f"qsl_rng_seed : {s.qsl_rng_seed}", f"sample_index_rng_seed : {s.sample_index_rng_seed}",
-            f"schedule_rng_seed : {s.schedule_rng_seed}", f"accuracy_log_rng_seed : {s.accuracy_log_rng_seed}",
-            f"accuracy_log_probability : {fmt_g(s.accuracy_log_probability)}",
-            f"print_timestamps : {int(s.print_timestamps)}",
-            f"performance_issue_unique : {int(s.performance_issue_unique)}",
-            f"performance_issue_same : {int(s.performance_issue_same)}",
-            f"performance_issue_same_index : {s.performance_issue_same_index}",
-            f"performance_sample_count : {s.performance_sample_count}", "",
-            "No warnings encountered during test." if warnings == 0 else
-            f"{warnings} warning{'s' if warnings > 1 else ''} encountered. See detailed log.", "",
-            "No errors encountered during test." if errors == 0 else
-            f"{errors} ERROR{'S' if errors > 1 else ''} encountered. See detailed log."]
+    out += _results.test_parameter_lines(s, since_v05=False) + _results.count_lines(warnings, errors)
     return "\n".join(out) + "\n"
 
 
