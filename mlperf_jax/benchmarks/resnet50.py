@@ -60,7 +60,7 @@ class ResNet50Benchmark(Benchmark):
         "weight_decay", "momentum", "eval_offset_epochs", "dtype", "eval_batch_size",
         "num_epochs",
     })
-    implementation_keys = frozenset({"conv_impl"})
+    implementation_keys = frozenset({"conv_impl", "input_backend"})
 
     # ------------------------------------------------------------------ data
     def data_source(self, config, data_dir, *, seed, process_index, process_count) -> DataSource:
@@ -73,6 +73,9 @@ class ResNet50Benchmark(Benchmark):
         imagenet.check_prepared(data_dir)
         size = int(config.image_size)
         spe = IMAGENET_TRAIN // gbs
+        backend, why = _input_backend(config)
+        if backend == "dali":
+            return _dali_source(config, data_dir, seed, process_index, process_count, why)
 
         def train_epoch(epoch: int, skip: int) -> Iterator:
             ds = imagenet.train_dataset(data_dir, batch_size=gbs // process_count, seed=seed,
@@ -88,7 +91,7 @@ class ResNet50Benchmark(Benchmark):
         return DataSource(
             num_train_samples=IMAGENET_TRAIN, num_eval_samples=IMAGENET_EVAL, steps_per_epoch=spe,
             train_epoch=train_epoch, eval_batches=eval_batches,
-            description=f"ImageNet (TFDS imagenet2012) from {data_dir}",
+            description=f"ImageNet (TFDS imagenet2012) from {data_dir}, tf.data ({why})",
             train_spec={"image": jax.ShapeDtypeStruct((gbs, size, size, 3), jnp.uint8),
                         "label": jax.ShapeDtypeStruct((gbs,), jnp.int32)},
             eval_spec={"image": jax.ShapeDtypeStruct((ebs, size, size, 3), jnp.uint8),
@@ -178,6 +181,58 @@ class ResNet50Benchmark(Benchmark):
 
     def throughput_units(self, config, batch):
         return "images", int(config.global_batch_size)
+
+
+def _input_backend(config) -> tuple[str, str]:
+    from mlperf_jax.input_pipelines.imagenet_dali import choose_backend
+    backend, why = choose_backend(str(config.get("input_backend", "auto")))
+    from absl import logging
+    logging.info("resnet50 input backend: %s (%s)", backend, why)
+    return backend, why
+
+
+def _dali_source(config, data_dir: str, seed: int, process_index: int, process_count: int,
+                 why: str) -> DataSource:
+    """The same DataSource with DALI decoding on the GPU (``input_pipelines/imagenet_dali.py``).
+    DALI's TFRecord index files are written on first use, under ``data_dir/dali_index``."""
+    import os
+    from mlperf_jax.input_pipelines import imagenet_dali
+    from mlperf_jax.input_pipelines.source import Once
+    gbs, ebs = int(config.global_batch_size), int(config.eval_batch_size)
+    size, spe = int(config.image_size), IMAGENET_TRAIN // gbs
+    threads = max(1, min(8, os.cpu_count() or 1))
+
+    def split(name: str) -> Once:
+        def make():
+            files = imagenet_dali.split_files(data_dir, name)
+            return files, imagenet_dali.write_indices(
+                files, os.path.join(data_dir, "dali_index", name))
+        return Once(make)
+
+    train_files, eval_files = split("train"), split("validation")
+
+    def train_epoch(epoch: int, skip: int) -> Iterator:
+        files, idx = train_files()
+        return imagenet_dali.train_batches(
+            files, idx, batch_size=gbs // process_count, seed=seed, epoch=epoch, steps=spe,
+            skip=skip, image_size=size, process_index=process_index,
+            process_count=process_count, num_threads=threads)
+
+    def eval_batches() -> Iterator:
+        files, idx = eval_files()
+        return imagenet_dali.eval_batches(
+            files, idx, total=IMAGENET_EVAL, batch_size=ebs // process_count, image_size=size,
+            process_index=process_index, process_count=process_count, num_threads=threads)
+
+    return DataSource(
+        num_train_samples=IMAGENET_TRAIN, num_eval_samples=IMAGENET_EVAL, steps_per_epoch=spe,
+        train_epoch=train_epoch, eval_batches=eval_batches,
+        description=f"ImageNet (TFDS imagenet2012) from {data_dir}, DALI on the GPU ({why})",
+        train_spec={"image": jax.ShapeDtypeStruct((gbs, size, size, 3), jnp.uint8),
+                    "label": jax.ShapeDtypeStruct((gbs,), jnp.int32)},
+        eval_spec={"image": jax.ShapeDtypeStruct((ebs, size, size, 3), jnp.uint8),
+                   "label": jax.ShapeDtypeStruct((ebs,), jnp.int32),
+                   "mask": jax.ShapeDtypeStruct((ebs,), jnp.bool_)})
 
 
 @functools.lru_cache(maxsize=4)

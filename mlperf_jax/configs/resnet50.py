@@ -41,6 +41,10 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
     # convolutions as lax convs ("xla"), as im2col GEMMs ("matmul": same math and parameters,
     # faster on CPUs), or "auto" (matmul on CPU, xla elsewhere): an implementation switch
     c.conv_impl = "auto"
+    # JPEG decode and augmentation: "tfdata" (CPU, input_pipelines/imagenet.py), "dali" (NVIDIA
+    # DALI on the GPU, the optional 'dali' extra, input_pipelines/imagenet_dali.py) or "auto"
+    # (dali when it is installed and JAX runs on a GPU): an implementation switch
+    c.input_backend = "auto"
     c.eval_every_epochs = 4
     c.eval_offset_epochs = 0
     c.eval_batch_size = 1024
