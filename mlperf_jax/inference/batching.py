@@ -6,7 +6,9 @@ Threads: ``issue_queries`` only appends to a queue.  A batcher thread takes up t
 pads to the smallest compiled batch size, puts the uint8 batch on the devices with a
 ``NamedSharding`` over the mesh's ``data`` axis and dispatches the compiled function (JAX returns
 at once).  A completer thread fetches the outputs and answers LoadGen through ``respond``, so host
-work for batch i+1 overlaps device work for batch i.  Subclasses say what is computed
+work for batch i+1 overlaps device work for batch i.  At most ``max_in_flight`` (2) batches are
+dispatched and not yet fetched: enough to keep the device busy, and the host does not queue a
+huge Offline query's batches all at once.  Subclasses say what is computed
 (``predict``) and how its outputs become responses (``respond``).
 """
 
@@ -26,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 class BatchingSUT:
     """``predict(variables, images_uint8) -> outputs`` (leading batch dim, fixed shapes) compiled
     for each batch size; ``respond(outputs_as_numpy, samples) -> list of QuerySampleResponse``."""
+
+    max_in_flight = 2  # batches dispatched but not yet fetched (see _slots)
 
     def __init__(self, predict: Callable, variables: Any, qsl, *, image_size: int,
                  batch_sizes: Sequence[int], batch_timeout_ms: float, mesh: Mesh | None,
@@ -63,6 +67,12 @@ class BatchingSUT:
         self._cv = threading.Condition()
         self._done_q: collections.deque = collections.deque()
         self._done_cv = threading.Condition()
+        # at most this many batches dispatched and not yet fetched: one computing, one queued
+        # behind it (its host work and transfer done), so the device never waits for the host
+        # and the host never runs far ahead (an unbounded run-ahead holds every queued batch's
+        # buffers at once: fresh pages for each, and an Offline query of 24,576 samples
+        # queued 768 batches)
+        self._slots = threading.BoundedSemaphore(max(1, int(self.max_in_flight)))
         self._stop = False
         self.batches_run = collections.Counter()
         self.error: BaseException | None = None
@@ -119,6 +129,10 @@ class BatchingSUT:
     def _batcher(self):
         try:
             while True:
+                # a free slot first, then the batch: samples that arrive meanwhile join it
+                while not self._slots.acquire(timeout=0.5):  # released by the completer's fetch
+                    if self._stop:
+                        return
                 batch = self._take_batch()
                 if batch is None:
                     return
@@ -145,7 +159,11 @@ class BatchingSUT:
                     if not self._done_q:
                         return
                     out, batch = self._done_q.popleft()
-                self._complete(self.respond(jax.tree.map(np.asarray, out), batch))
+                try:
+                    out = jax.tree.map(np.asarray, out)
+                finally:
+                    self._slots.release()
+                self._complete(self.respond(out, batch))
         except BaseException as e:  # noqa: BLE001 - surfaced through .error
             self.error = e
             raise
