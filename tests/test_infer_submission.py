@@ -100,7 +100,8 @@ def test_accuracy_txt_is_the_reference_line(tree):
 
 def test_auto_target_said_set_and_recorded(tree):
     out = tree["perf"].stdout
-    m = re.search(r"--target_qps=auto: measured .*?: ([\d.,]+) samples/s; offline_expected_qps set to ([\d.,]+)", out)
+    m = re.search(r"--target_qps=auto: measured .*?: ([\d.,]+) samples/s; offline_expected_qps set to "
+                  r"[\d.]+ x that = ([\d.,]+)", out)
     assert m and float(m.group(2).replace(",", "")) > 0, out
     assert "infer: expected duration: about" in out
     logged = _detail(tree["scen"] / "performance" / "run_1" / "mlperf_log_detail.txt", "requested_offline_expected_qps")
