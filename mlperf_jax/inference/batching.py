@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mlperf_jax.inference.sample_queue import SampleQueue
 
-class BatchingSUT:
+
+class BatchingSUT(SampleQueue):
     """``predict(variables, images_uint8) -> outputs`` (leading batch dim, fixed shapes) compiled
     for each batch size; ``respond(outputs_as_numpy, samples) -> list of QuerySampleResponse``."""
 
@@ -89,42 +91,6 @@ class BatchingSUT:
         with self._cv:
             self._pending.extend(samples)
             self._cv.notify()
-
-    def flush_queries(self) -> None:
-        with self._cv:
-            self._cv.notify()
-
-    def close(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        with self._done_cv:
-            self._done_cv.notify_all()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # ---------------------------------------------------------------- threads
-    def _take_batch(self):
-        with self._cv:
-            while not self._pending and not self._stop:
-                self._cv.wait()
-            if self._stop:
-                return None
-            if self.timeout_s > 0 and len(self._pending) < self.max_batch:
-                deadline = time.perf_counter() + self.timeout_s
-                while len(self._pending) < self.max_batch and not self._stop:
-                    left = deadline - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-            n = min(len(self._pending), self.max_batch)
-            return [self._pending.popleft() for _ in range(n)]
 
     def _batcher(self):
         try:

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mlperf_jax.inference.sample_queue import SampleQueue
+
 from mlperf_jax.loadgen import QuerySampleResponse, query_samples_complete
 
 EOS_ID = 1
@@ -50,7 +52,7 @@ def response_ids(row: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(row[: nz[-1] + 1] if nz.size else row[:0], dtype=np.int32)
 
 
-class TranslationSUT:
+class TranslationSUT(SampleQueue):
     """``translate_fn(variables, src [B, S] int32, 0-padded) -> ids [B, L] int32`` (jittable,
     fixed shapes); ``qsl``: a ``translation_qsl.TranslationQSL`` (``get``, ``source_length``)."""
 
@@ -109,42 +111,6 @@ class TranslationSUT:
         with self._cv:
             self._pending.extend(samples)
             self._cv.notify()
-
-    def flush_queries(self) -> None:
-        with self._cv:
-            self._cv.notify()
-
-    def close(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-        with self._done_cv:
-            self._done_cv.notify_all()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # ---------------------------------------------------------------- threads
-    def _take_batch(self):
-        with self._cv:
-            while not self._pending and not self._stop:
-                self._cv.wait()
-            if self._stop:
-                return None
-            if self.timeout_s > 0 and len(self._pending) < self.max_batch:
-                deadline = time.perf_counter() + self.timeout_s
-                while len(self._pending) < self.max_batch and not self._stop:
-                    left = deadline - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._cv.wait(left)
-            n = min(len(self._pending), self.max_batch)
-            return [self._pending.popleft() for _ in range(n)]
 
     def _batcher(self):
         try:
