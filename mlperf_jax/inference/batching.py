@@ -109,9 +109,7 @@ class BatchingSUT(SampleQueue):
                     x = np.concatenate([x, np.zeros((b - n,) + x.shape[1:], x.dtype)])
                 out = self._compiled[b](self.variables, jax.device_put(x, self._batch_sharding))
                 self.batches_run[b] += 1
-                with self._done_cv:
-                    self._done_q.append((out, batch))
-                    self._done_cv.notify()
+                self._push_done(out, batch)
         except BaseException as e:  # noqa: BLE001 - surfaced through .error; LoadGen ends at max_duration
             self.error = e
             raise
@@ -119,12 +117,10 @@ class BatchingSUT(SampleQueue):
     def _completer(self):
         try:
             while True:
-                with self._done_cv:
-                    while not self._done_q and not self._stop:
-                        self._done_cv.wait()
-                    if not self._done_q:
-                        return
-                    out, batch = self._done_q.popleft()
+                item = self._next_done()
+                if item is None:
+                    return
+                out, batch = item
                 try:
                     out = jax.tree.map(np.asarray, out)
                 finally:

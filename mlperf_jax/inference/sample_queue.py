@@ -44,3 +44,16 @@ class SampleQueue:
                     self._cv.wait(left)
             n = min(len(self._pending), self.max_batch)
             return [self._pending.popleft() for _ in range(n)]
+
+    def _push_done(self, out, batch) -> None:
+        """Hand a dispatched batch (outputs still on the device) to the completer thread."""
+        with self._done_cv:
+            self._done_q.append((out, batch))
+            self._done_cv.notify()
+
+    def _next_done(self):
+        """The next dispatched ``(outputs, batch)``, or None once closed and drained."""
+        with self._done_cv:
+            while not self._done_q and not self._stop:
+                self._done_cv.wait()
+            return self._done_q.popleft() if self._done_q else None

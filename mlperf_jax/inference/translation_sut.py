@@ -134,9 +134,7 @@ class TranslationSUT(SampleQueue):
                 self.batches_run[(b, s)] += 1
                 if self.batch_log is not None:
                     self.batch_log.append((b, s, [int(q.index) for q in batch]))
-                with self._done_cv:
-                    self._done_q.append((out, batch))
-                    self._done_cv.notify()
+                self._push_done(out, batch)
         except BaseException as e:  # noqa: BLE001 - surfaced through .error; LoadGen ends at max_duration
             self.error = e
             raise
@@ -144,12 +142,10 @@ class TranslationSUT(SampleQueue):
     def _completer(self):
         try:
             while True:
-                with self._done_cv:
-                    while not self._done_q and not self._stop:
-                        self._done_cv.wait()
-                    if not self._done_q:
-                        return
-                    out, batch = self._done_q.popleft()
+                item = self._next_done()
+                if item is None:
+                    return
+                out, batch = item
                 ids = np.asarray(out)
                 responses = [QuerySampleResponse(q.id, response_ids(ids[i]).tobytes())
                              for i, q in enumerate(batch)]
