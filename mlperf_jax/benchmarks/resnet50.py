@@ -92,11 +92,7 @@ class ResNet50Benchmark(Benchmark):
             num_train_samples=IMAGENET_TRAIN, num_eval_samples=IMAGENET_EVAL, steps_per_epoch=spe,
             train_epoch=train_epoch, eval_batches=eval_batches,
             description=f"ImageNet (TFDS imagenet2012) from {data_dir}, tf.data ({why})",
-            train_spec={"image": jax.ShapeDtypeStruct((gbs, size, size, 3), jnp.uint8),
-                        "label": jax.ShapeDtypeStruct((gbs,), jnp.int32)},
-            eval_spec={"image": jax.ShapeDtypeStruct((ebs, size, size, 3), jnp.uint8),
-                       "label": jax.ShapeDtypeStruct((ebs,), jnp.int32),
-                       "mask": jax.ShapeDtypeStruct((ebs,), jnp.bool_)})
+            **_imagenet_specs(gbs, ebs, size))
 
     # ------------------------------------------------------------------ model
     def init(self, config, rng):
@@ -228,11 +224,17 @@ def _dali_source(config, data_dir: str, seed: int, process_index: int, process_c
         num_train_samples=IMAGENET_TRAIN, num_eval_samples=IMAGENET_EVAL, steps_per_epoch=spe,
         train_epoch=train_epoch, eval_batches=eval_batches,
         description=f"ImageNet (TFDS imagenet2012) from {data_dir}, DALI on the GPU ({why})",
-        train_spec={"image": jax.ShapeDtypeStruct((gbs, size, size, 3), jnp.uint8),
-                    "label": jax.ShapeDtypeStruct((gbs,), jnp.int32)},
-        eval_spec={"image": jax.ShapeDtypeStruct((ebs, size, size, 3), jnp.uint8),
-                   "label": jax.ShapeDtypeStruct((ebs,), jnp.int32),
-                   "mask": jax.ShapeDtypeStruct((ebs,), jnp.bool_)})
+        **_imagenet_specs(gbs, ebs, size))
+
+
+def _imagenet_specs(gbs: int, ebs: int, size: int) -> dict:
+    """Global train and eval batch shapes of an image-classification source (ImageNet through
+    tf.data or DALI, the synthetic tiny track): uint8 images, int32 labels, an eval mask."""
+    return {"train_spec": {"image": jax.ShapeDtypeStruct((gbs, size, size, 3), jnp.uint8),
+                           "label": jax.ShapeDtypeStruct((gbs,), jnp.int32)},
+            "eval_spec": {"image": jax.ShapeDtypeStruct((ebs, size, size, 3), jnp.uint8),
+                          "label": jax.ShapeDtypeStruct((ebs,), jnp.int32),
+                          "mask": jax.ShapeDtypeStruct((ebs,), jnp.bool_)}}
 
 
 @functools.lru_cache(maxsize=4)
@@ -275,11 +277,7 @@ def _synthetic_source(config, seed: int, process_index: int, process_count: int)
         num_train_samples=spe * gbs, num_eval_samples=len(ex), steps_per_epoch=spe,
         train_epoch=train_epoch, eval_batches=eval_batches, synthetic=True,
         description="synthetic shapes (tiny track)",
-        train_spec={"image": jax.ShapeDtypeStruct((gbs, size, size, 3), jnp.uint8),
-                    "label": jax.ShapeDtypeStruct((gbs,), jnp.int32)},
-        eval_spec={"image": jax.ShapeDtypeStruct((ebs, size, size, 3), jnp.uint8),
-                   "label": jax.ShapeDtypeStruct((ebs,), jnp.int32),
-                   "mask": jax.ShapeDtypeStruct((ebs,), jnp.bool_)})
+        **_imagenet_specs(gbs, ebs, size))
 
 
 BENCHMARK = ResNet50Benchmark()
