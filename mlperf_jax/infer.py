@@ -75,6 +75,8 @@ flags.DEFINE_enum("rules", "current", ["current", "v0.5"], "Which round's LoadGe
                   "issues every 1/target_qps and find_peak searches samples per query).")
 flags.DEFINE_enum("precision", "fp32", ["fp32", "int8"], "fp32, or int8: post-training quantization calibrated "
                   "on the MLPerf calibration list (inference/quantize.py; resnet50, mobilenet and the SSDs).")
+flags.DEFINE_string("compilation_cache_dir", None, "JAX's persistent compilation cache (default "
+                    "$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/mlperf_jax/jax_cache; '' switches it off).")
 flags.DEFINE_bool("compare_fp32", True, "With --precision=int8: also run the FP32 model with the same settings "
                   "(logs in OUTDIR/fp32) and report both precisions' accuracy or throughput.")
 
@@ -288,6 +290,12 @@ def _report_accuracy(bench: str, qsl, qsl_desc: str) -> str | None:
     return f"accuracy={acc:.3f}%, good={good}, total={total}"  # the reference accuracy-imagenet.py's line
 
 
+def _cache_note(compiles) -> str:
+    from mlperf_jax import compilation_cache
+    return (f"; {compiles.hits} of {compiles.requests} compiles from the persistent compilation cache"
+            if compilation_cache.in_use() else "")
+
+
 def run(argv_unused=None) -> int:
     from mlperf_jax import loadgen as lg
 
@@ -297,20 +305,27 @@ def run(argv_unused=None) -> int:
     settings = _settings(lg, bench, scenario)
 
     import jax
+    from mlperf_jax import compilation_cache
+    cache_dir = compilation_cache.resolve_dir(FLAGS.compilation_cache_dir)
+    try:
+        compilation_cache.enable(cache_dir)
+    except OSError as e:
+        raise UserError(f"--compilation_cache_dir {cache_dir}: {e.strerror or e}") from None
     timeout = FLAGS.batch_timeout_ms
     if timeout is None:
         timeout = 2.0 if scenario == "Server" else 0.0
     if scenario in ("SingleStream",):
         batch_sizes = [1] + batch_sizes
     t0 = time.perf_counter()
-    sut, qsl, qsl_desc, var_desc = _build_sut(bench, batch_sizes, timeout, FLAGS.precision)
+    with compilation_cache.count_compiles() as compiles:
+        sut, qsl, qsl_desc, var_desc = _build_sut(bench, batch_sizes, timeout, FLAGS.precision)
     if bench == "gnmt" and not FLAGS["rules"].present:
         print("infer: gnmt runs by the v0.5 rules (as --rules=v0.5): the only round whose mlperf.conf "
               "has it (Server 250 ms at the 97th percentile)", flush=True)
     print(f"infer: {bench} {scenario} {FLAGS.mode}; QSL: {qsl_desc}; weights: {var_desc}; "
           f"{len(jax.local_devices())} {jax.default_backend()} device(s)", flush=True)
     print(f"infer: compiled batch sizes {sut.batch_sizes} in {time.perf_counter() - t0:.1f} s "
-          "(before the test; not timed)", flush=True)
+          f"(before the test; not timed){_cache_note(compiles)}", flush=True)
     from mlperf_jax.inference import planning
     measured = None
     if FLAGS.target_qps is not None and FLAGS.target_qps.strip().lower() == "auto":

@@ -98,6 +98,9 @@ def _define_flags():
     flags.DEFINE_enum("submission_status", "research", ["onprem", "cloud", "research", "preview"],
                       "submission_status for the MLPerf log")
     flags.DEFINE_bool("progress", True, "show a progress bar")
+    flags.DEFINE_string("compilation_cache_dir", None, "JAX's persistent compilation cache: later "
+                        "runs load what the first compiled (default $JAX_COMPILATION_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/mlperf_jax/jax_cache; '' switches it off)")
     flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port")
     flags.DEFINE_integer("num_processes", None, "jax.distributed process count")
     flags.DEFINE_integer("process_id", None, "jax.distributed process id")
@@ -146,6 +149,15 @@ def dry_run_report(bench, config, opts: RunOptions) -> tuple[str, list[str]]:
     return "\n".join(lines), (r.violations if r.division == "closed" else [])
 
 
+def _enable_compilation_cache(flag: str | None) -> None:
+    from mlperf_jax import compilation_cache
+    path = compilation_cache.resolve_dir(flag)
+    try:
+        compilation_cache.enable(path)
+    except OSError as e:
+        raise UserError(f"--compilation_cache_dir {path}: {e.strerror or e}") from None
+
+
 def _main(argv: Sequence[str]) -> None:
     from absl import flags
     from absl import logging as absl_logging
@@ -174,6 +186,7 @@ def _main(argv: Sequence[str]) -> None:
         return
     sharding_lib.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                         FLAGS.process_id)
+    _enable_compilation_cache(FLAGS.compilation_cache_dir)
     if config.get("dataset") != "synthetic":
         _import_tensorflow_quietly()
     if FLAGS.prepare_only:

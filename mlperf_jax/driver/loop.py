@@ -339,6 +339,7 @@ def _timed(bench, config, opts: RunOptions, data, compiled: Compiled, state, bas
         samples=samples_done, metric=primary, metrics=dict(last_metrics or {}),
         throughput=(units_done / train_time) if train_time > 0 else 0.0,
         throughput_unit=units_name, compile_time_s=compiled.compile_time_s, init_time_s=init_s,
+        compile_programs=compiled.num_programs, compile_cache_hits=compiled.cache_hits,
         log_path=log_path, reason=reason, resumed=n_resumes,
         rates=dict(data.rates()) if data.rates is not None else {},
         device_count=jax.device_count(), device_kind=jax.devices()[0].device_kind,
