@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlperf_jax.models import pool as pool_lib
 from mlperf_jax.models.conv import MatmulConv
 
 ModuleDef = Any
@@ -138,7 +139,9 @@ class ResNet(nn.Module):
             x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
                      name="conv_init")(x)
             x = self.act(norm(name="bn_init")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pool_padding)
+            # the CPU path (matmul convolutions) also takes the pool whose gradient is elementwise
+            pool = pool_lib.max_pool if self.conv_impl == "matmul" else nn.max_pool
+            x = pool(x, (3, 3), strides=(2, 2), padding=pool_padding)
         for i, block_size in enumerate(self.stage_sizes):
             for j in range(block_size):
                 strides = 2 if i > 0 and j == 0 else 1
