@@ -179,7 +179,33 @@ class Embed(nn.Module):
         return jnp.where((ids > 0)[..., None], x, 0)   # padding embeds to zero (as the reference)
 
     def attend(self, x: Array) -> Array:
-        return jnp.einsum("btd,vd->btv", x, self.embedding.astype(self.config.dtype))
+        return tied_projection(x, self.embedding.astype(self.config.dtype))
+
+
+@jax.custom_vjp
+def tied_projection(x: Array, table: Array) -> Array:
+    """``einsum("...d,vd->...v")``: the output projection through the embedding table.
+
+    Its table gradient is ``dlogits^T @ x``. Left to autodiff, XLA:CPU materialises the
+    logits' gradient transposed ([vocab, tokens]: 138 MB at 16 x 64 tokens, vocab 33,708) inside
+    the softmax's backward fusion, reading its inputs column by column; here the gradient is
+    ``(x^T @ dlogits)^T``, whose transposes are of the small ``x`` and of the table-sized result
+    (Transformer-base's loss and projection gradient: 1.10 -> 0.77 s on 2 CPU cores). Same
+    products, so the same values up to summation order."""
+    return jnp.einsum("...d,vd->...v", x, table)
+
+
+def _tied_projection_fwd(x, table):
+    return tied_projection(x, table), (x, table)
+
+
+def _tied_projection_bwd(res, g):
+    x, table = res
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    return (g2 @ table).reshape(x.shape).astype(x.dtype), (x2.T @ g2).T.astype(table.dtype)
+
+
+tied_projection.defvjp(_tied_projection_fwd, _tied_projection_bwd)
 
 
 def _add_positions(cfg: TransformerConfig, x: Array, positions: Array | None) -> Array:
