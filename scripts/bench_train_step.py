@@ -123,6 +123,22 @@ def transformer_matmul_flops(config, batch) -> float:
     return 3.0 * b * (enc + dec + 2 * t * d * v)
 
 
+def peak_memory() -> str:
+    """The peak memory so far, as the ``jax: peak device memory`` line's text: the first local
+    device's ``peak_bytes_in_use``, or, where the platform keeps no memory stats (CPU), the
+    process's peak resident set size, so that the line says which of the two it is."""
+    import resource
+
+    import jax
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return f"{stats['peak_bytes_in_use'] / 2 ** 30:.2f} GiB"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss *= 1 if sys.platform == "darwin" else 1024
+    return f"n/a ({dev.platform} reports no memory stats); peak host RSS {rss / 2 ** 30:.2f} GiB"
+
+
 def bench_jax():
     import jax
     import numpy as np
@@ -180,11 +196,12 @@ def bench_jax():
             state, m = c.train_step(state, gbatch, key)
         jax.block_until_ready(state.params)
         best = min(best, (time.perf_counter() - t) / FLAGS.steps)
+    peak_mem = peak_memory()  # after the timed steps, before anything else allocates
     unit, per_step = bench.throughput_units(config, batch)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     tables = ("mf_user_embed", "mf_item_embed", "mlp_user_embed", "mlp_item_embed")
     r = {"unit": unit, "per_step": per_step, "step_s": best, "compile_s": compile_s,
-         "compile_cpu_s": compile_cpu, "program_times": c.program_times,
+         "compile_cpu_s": compile_cpu, "program_times": c.program_times, "peak_mem": peak_mem,
          "cache_hits": c.cache_hits, "programs": c.num_programs,
          "flops": step_flops, "bytes": step_bytes, "dtype": config.get("dtype", "float32"),
          "platform": jax.devices()[0].platform, "n_devices": jax.device_count(),
@@ -288,6 +305,7 @@ def main(argv):
                                                  "persistent compilation cache")
     print(f"jax: compile time {r['compile_s']:.2f} s wall, {r['compile_cpu_s']:.2f} CPU-s (init "
           f"{pt.get('init', 0):.2f} s + train step {pt.get('train_step', 0):.2f} s wall{cached})")
+    print(f"jax: peak device memory {r['peak_mem']}")
     if FLAGS.flax_peer and FLAGS.benchmark == "resnet50" and _CLI["variant"] != "tiny":
         import flax_resnet_peer
         f = flax_resnet_peer.compile_times(FLAGS.batch_size, r["dtype"])

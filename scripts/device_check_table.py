@@ -19,6 +19,16 @@ def _find(pattern: str, text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _peak_memory(text: str) -> str:
+    """The device's peak (``X.XX GiB``), or ``host RSS X.XX GiB`` where the platform keeps no
+    device memory stats (CPU: the line then gives the process's peak resident set instead)."""
+    dev = _find(r"^jax: peak device memory ([\d.]+ GiB)", text)
+    if dev:
+        return dev
+    rss = _find(r"^jax: peak device memory n/a \(.*\); peak host RSS ([\d.]+ GiB)", text)
+    return f"host RSS {rss}" if rss else "-"
+
+
 def row(outdir: str, name: str) -> dict[str, str]:
     """What one step measured; every missing figure is '-' and the status says why."""
     text = open(os.path.join(outdir, f"{name}.txt"), errors="replace").read() \
@@ -36,7 +46,7 @@ def row(outdir: str, name: str) -> dict[str, str]:
     rate = _find(r"^jax: ([\d,.]+ \w+/s)", text)
     frac = _find(r"= (\d+%) of the \w+ matmul peak", text)
     return {"rate": rate or "-", "compile": _find(r"^jax: compile time ([\d.]+) s", text) or "-",
-            "peak": _find(r"^jax: peak device memory ([\d.]+ GiB)", text) or "-",
+            "peak": _peak_memory(text),
             "device": _find(r"^benchmark: .*?, (\d+ \w+ device\(s\))", text) or "-",
             "extra": f"{frac} of matmul peak" if frac else "-", "status": status, "wall": secs}
 
