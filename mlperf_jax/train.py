@@ -202,9 +202,21 @@ def _main(argv: Sequence[str]) -> None:
         raise SystemExit(1)
 
 
+def parse_flags(flag_values, args: list[str]) -> list[str]:
+    """absl's parse, with its mistakes (an unknown flag, a bad ``--config.KEY=VALUE``) as
+    one-line ``UserError``s: shared by the CLI and the benchmark scripts that take overrides."""
+    from absl import flags
+    try:
+        return flag_values(args)
+    except flags.Error as e:
+        raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except (KeyError, AttributeError, ValueError, TypeError) as e:
+        raise UserError(f"bad --config override: {' '.join(str(e).split())}") from None
+
+
 def run_main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
-    from absl import app, flags
+    from absl import app
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     argv = list(sys.argv if argv is None else argv)
@@ -223,11 +235,9 @@ def run_main(argv: Sequence[str] | None = None) -> None:
             print(FLAGS.get_help())
             raise SystemExit(0)
         try:
-            return FLAGS(args)
-        except flags.Error as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        except (KeyError, AttributeError, ValueError, TypeError) as e:
-            _fail(f"bad --config override: {e}")
+            return parse_flags(FLAGS, args)
+        except UserError as e:
+            _fail(str(e))
 
     def main(a):
         try:

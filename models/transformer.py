@@ -12,7 +12,7 @@ Packed batches are supported: ``*_segmentation`` (segment ids, 0 = padding) and 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -79,14 +79,18 @@ def matmul_peak_jax(n: int, dtype) -> float:
     import jax.numpy as jnp
     a = jnp.ones((n, n), dtype)
     b = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
+    return 2 * n ** 3 / _best_seconds(jax.jit(lambda x, y: x @ y), a, b)
+
+
+def _best_seconds(f, *args, repeats: int = 3) -> float:
+    """Best of ``repeats`` timed calls of a jitted ``f`` (after one untimed call)."""
+    f(*args).block_until_ready()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(repeats):
         t = time.perf_counter()
-        f(a, b).block_until_ready()
+        f(*args).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return best
 
 
 def stream_bandwidth_jax(mib: int) -> float:
@@ -97,14 +101,7 @@ def stream_bandwidth_jax(mib: int) -> float:
     n = max(1, mib * 2 ** 20 // 4)
     x = jnp.ones((n,), jnp.float32)
     y = jnp.ones((n,), jnp.float32)
-    f = jax.jit(lambda x, y: 1.5 * x + y)
-    f(x, y).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        f(x, y).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 3 * 4 * n / best
+    return 3 * 4 * n / _best_seconds(jax.jit(lambda x, y: 1.5 * x + y), x, y)
 
 
 def transformer_matmul_flops(config, batch) -> float:
@@ -455,12 +452,11 @@ def _prepare_argv(argv: list[str]) -> list[str]:
 
 
 def _flags_parser(args: list[str]) -> list[str]:
+    from mlperf_jax.train import UserError, parse_flags
     try:
-        return FLAGS(args)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except (KeyError, AttributeError, ValueError, TypeError) as e:
-        _fail(f"bad --config override: {' '.join(str(e).split())}")
+        return parse_flags(FLAGS, args)
+    except UserError as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":
