@@ -14,26 +14,22 @@ written by mlperf_jax.loadgen and by the official LoadGen.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mlperf_jax.cli import ArgumentParser  # noqa: E402
 from mlperf_jax.inference import coco_accuracy  # noqa: E402
 
 PROG = "accuracy_coco"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--mlperf-accuracy-file", required=True, help="path to mlperf_log_accuracy.json")
     ap.add_argument("--coco-dir", required=True, help="directory with annotations/instances_val2017.json")
     ap.add_argument("--benchmark", required=True, choices=sorted(coco_accuracy.TARGETS))

@@ -10,7 +10,6 @@ not, 2 on bad input.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -18,11 +17,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from mlperf_jax.cli import ArgumentParser  # noqa: E402
 from mlperf_jax.inference import accuracy  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="accuracy_imagenet", description=__doc__.splitlines()[0])
     ap.add_argument("--mlperf-accuracy-file", required=True)
     ap.add_argument("--imagenet-val-file", help="val_map.txt (path label per line)")
     ap.add_argument("--labels-npy", help="labels as a .npy array (e.g. written by a synthetic run)")

@@ -16,21 +16,17 @@ mlperf_jax.loadgen and by the official LoadGen.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mlperf_jax.cli import ArgumentParser  # noqa: E402
 from mlperf_jax.inference import translation_accuracy as ta  # noqa: E402
 
 PROG = "accuracy_translation"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _references(a, entries):
@@ -49,7 +45,7 @@ def _references(a, entries):
 
 
 def main(argv=None) -> int:
-    ap = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--mlperf-accuracy-file", required=True, help="path to mlperf_log_accuracy.json")
     ap.add_argument("--data_dir", help="newstest2014 and the GNMT vocabulary (see above); "
                     "without it: the synthetic task's references")

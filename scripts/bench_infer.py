@@ -14,7 +14,7 @@ transfers, answering LoadGen, the LoadGen's own threads) stealing time from the 
   sizes compiled as the CLI does (1, 2, 4, ... up to --batch_size).  Offline: samples/s from the
   LoadGen's result, for one query of a whole number of full batches lasting about --seconds.  Server: at --server_fraction of the model rate; the
   completed samples/s and the 99th percentile latency.  SingleStream: the 90th percentile
-  latency against the model's batch-1 latency;
+  latency against the 90th percentile of the batch-1 model's own latencies, one call at a time;
 * torch (--torch auto: when torch is importable): torchvision's resnet50 in eval mode under
   ``torch.inference_mode`` at the same batch and image size (torchvision has no MobileNetV1; the
   peer is resnet50 whichever --benchmark runs, and its ratio is only printed for resnet50).
@@ -24,19 +24,19 @@ Model-only and end-to-end runs alternate (--repeats) in one process, so machine 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
 import numpy as np
+from mlperf_jax.cli import ArgumentParser  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _args(argv):
-    p = argparse.ArgumentParser(prog="bench_infer", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="bench_infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", default="resnet50", choices=("resnet50", "mobilenet"))
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--image_size", type=int, default=224)
@@ -68,6 +68,22 @@ def model_only(sut, b: int, seconds: float) -> float:
                 break
     jax.block_until_ready(out)
     return n * b / (time.perf_counter() - t0)
+
+
+def model_latencies(sut, seconds: float) -> np.ndarray:
+    """Seconds per call of the batch-1 compiled function, one call at a time, each waited for:
+    what SingleStream does, minus the SUT and the LoadGen (one image already on the device)."""
+    import jax
+    x = jax.device_put(np.random.default_rng(0).integers(0, 256, (1, sut.image_size, sut.image_size, 3),
+                                                          dtype=np.uint8), sut._batch_sharding)
+    f, v = sut._compiled[1], sut.variables
+    jax.block_until_ready(f(v, x))
+    out, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(out) < 5:
+        t = time.perf_counter()
+        jax.block_until_ready(f(v, x))
+        out.append(time.perf_counter() - t)
+    return np.asarray(out)
 
 
 def end_to_end(sut, qsl, scenario: str, rate: float, seconds: float, server_fraction: float, batch: int):
@@ -147,11 +163,12 @@ def main(argv=None) -> int:
                       f"batch {b} model latency {1e3 * b / m:.1f} ms", flush=True)
                 rows.append((want, e2e))
             else:
-                m1 = model_only(sut, 1, a.seconds / 2)
+                # percentile against percentile: the model's own latencies, one call at a time
+                m90 = float(np.percentile(model_latencies(sut, a.seconds / 2), 90))
                 p90 = _pct(lat, 90)
-                print(f"  [{rep}] model batch 1 {1e3 / m1:8.2f} ms | SingleStream p90 {p90 * 1e3:8.2f} ms "
-                      f"| ratio {1 / m1 / p90:.3f}", flush=True)
-                rows.append((1 / m1, p90))
+                print(f"  [{rep}] model batch 1 p90 {m90 * 1e3:8.2f} ms | SingleStream p90 {p90 * 1e3:8.2f} ms "
+                      f"| ratio {m90 / p90:.3f}", flush=True)
+                rows.append((m90, p90))
     finally:
         sut.close()
     tp = None
@@ -169,7 +186,7 @@ def main(argv=None) -> int:
         print(f"{'Server target (QPS)':34s}{med[0]:12.2f}{1.0:8.3f}")
         print(f"{'Server completed (samples/s)':34s}{med[1]:12.2f}{med[1] / med[0]:8.3f}")
     else:
-        print(f"{'model batch 1 latency (ms)':34s}{med[0] * 1e3:12.2f}{1.0:8.3f}")
+        print(f"{'model batch 1 p90 latency (ms)':34s}{med[0] * 1e3:12.2f}{1.0:8.3f}")
         print(f"{'SingleStream p90 latency (ms)':34s}{med[1] * 1e3:12.2f}{med[0] / med[1]:8.3f}")
     if tp is not None:
         ratio = f"{tp / med[0]:8.3f}" if a.scenario == "Offline" and a.benchmark == "resnet50" else f"{'':8s}"

@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from mlperf_jax.cli import ArgumentParser
+
 
 def _error(msg: str) -> None:
     print(f"bench_input: error: {msg}", file=sys.stderr)
@@ -124,7 +126,7 @@ def _run(mode: str, cores: list[int], records: str, n: int, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="bench_input", description=__doc__.split("\n\n")[0])
     ap.add_argument("--benchmark", default="resnet50")
     ap.add_argument("--num_images", type=int, default=512)
     ap.add_argument("--seconds", type=float, default=10.0, help="measured time per run")

@@ -15,12 +15,13 @@ run).  Prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
+
+from mlperf_jax.cli import ArgumentParser
 
 CHILD = r"""
 import json, sys, time
@@ -81,7 +82,7 @@ def run(impl, scenario, qps, min_ms, timeout):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="bench_loadgen", description=__doc__.splitlines()[0])
     ap.add_argument("--min_duration_ms", type=int, default=2000)
     ap.add_argument("--qps", default="25000,50000,100000,150000,200000,300000")
     ap.add_argument("--offline_qps", type=float, default=500_000, help="offline_expected_qps (sizes the query)")

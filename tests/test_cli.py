@@ -97,3 +97,13 @@ def test_round_v05_targets_and_bad_format_combination():
     assert proc.returncode == 0 and "round v0.5, target top1 >= 0.749" in proc.stdout
     bad = _dry("resnet50", "--round=v0.5", "--log_format=v0.6")
     _one_line_error(bad, "--log_format=v0.6", "--round=v0.6")
+
+
+@pytest.mark.parametrize("script", ["accuracy_coco", "accuracy_imagenet", "accuracy_translation",
+                                    "bench_infer", "bench_input", "bench_loadgen"])
+def test_scripts_reject_an_unknown_flag_in_one_line(script):
+    """The scripts' argparse errors (mlperf_jax.cli.ArgumentParser): one line, exit 2."""
+    r = run_python([f"scripts/{script}.py", "--no_such_flag"], timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), r.stderr
