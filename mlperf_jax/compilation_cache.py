@@ -90,6 +90,17 @@ def enable(path: str | None, *, max_bytes: int | None = None,
     return path
 
 
+def enable_from_flag(flag: str | None, *, resolve: bool = True) -> str | None:
+    """``enable`` for a command line's ``--compilation_cache_dir`` (resolved by ``resolve_dir``
+    unless ``resolve`` is False, where None and '' mean no cache); a folder that cannot be made
+    raises ``ValueError`` with the one-line message the command prints."""
+    path = resolve_dir(flag) if resolve else (flag or None)
+    try:
+        return enable(path)
+    except OSError as e:
+        raise ValueError(f"--compilation_cache_dir {path}: {e.strerror or e}") from None
+
+
 def _reset(cc) -> None:
     """JAX decides once per process whether a cache is in use: make it decide again (without its
     INFO line, which absl's handler would print)."""

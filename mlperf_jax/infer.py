@@ -306,11 +306,10 @@ def run(argv_unused=None) -> int:
 
     import jax
     from mlperf_jax import compilation_cache
-    cache_dir = compilation_cache.resolve_dir(FLAGS.compilation_cache_dir)
     try:
-        compilation_cache.enable(cache_dir)
-    except OSError as e:
-        raise UserError(f"--compilation_cache_dir {cache_dir}: {e.strerror or e}") from None
+        compilation_cache.enable_from_flag(FLAGS.compilation_cache_dir)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     timeout = FLAGS.batch_timeout_ms
     if timeout is None:
         timeout = 2.0 if scenario == "Server" else 0.0

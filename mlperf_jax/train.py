@@ -151,11 +151,10 @@ def dry_run_report(bench, config, opts: RunOptions) -> tuple[str, list[str]]:
 
 def _enable_compilation_cache(flag: str | None) -> None:
     from mlperf_jax import compilation_cache
-    path = compilation_cache.resolve_dir(flag)
     try:
-        compilation_cache.enable(path)
-    except OSError as e:
-        raise UserError(f"--compilation_cache_dir {path}: {e.strerror or e}") from None
+        compilation_cache.enable_from_flag(flag)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _main(argv: Sequence[str]) -> None:

@@ -3,7 +3,8 @@
 XLA:CPU differentiates ``reduce_window(max)`` through select-and-scatter, which it expands into a
 variadic reduce-window carrying four int32 index maps the size of the input (ResNet-50's stem
 pool at batch 16: four ``[16, 113, 113, 64]`` iotas and the reduce-window, ~9% of the train
-step). Here the forward pass takes the window's maximum over its ``kh * kw`` shifted strided
+step's CPU time, though on 2 cores it ran beside other work and the step's wall time did not
+move). Here the forward pass takes the window's maximum over its ``kh * kw`` shifted strided
 slices and keeps, as an int8 map the size of the output, which slice won; the backward pass
 scatters ``dy`` to the winners with one strided pad per slice, all fused into one loop.
 

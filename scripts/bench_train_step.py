@@ -196,7 +196,7 @@ def bench_jax():
     peak_mem = peak_memory()  # after the timed steps, before anything else allocates
     unit, per_step = bench.throughput_units(config, batch)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
-    tables = ("mf_user_embed", "mf_item_embed", "mlp_user_embed", "mlp_item_embed")
+    from mlperf_jax.models.ncf import EMBED_NAMES as tables
     r = {"unit": unit, "per_step": per_step, "step_s": best, "compile_s": compile_s,
          "compile_cpu_s": compile_cpu, "program_times": c.program_times, "peak_mem": peak_mem,
          "cache_hits": c.cache_hits, "programs": c.num_programs,
@@ -270,12 +270,10 @@ def main(argv):
         raise SystemExit(2)
     import jax.numpy as jnp
     from mlperf_jax import compilation_cache
-    try:
-        compilation_cache.enable(FLAGS.compilation_cache_dir or None)
-    except OSError as e:
-        print(f"error: --compilation_cache_dir {FLAGS.compilation_cache_dir}: {e.strerror or e}",
-              file=sys.stderr)
-        raise SystemExit(2)
+    try:  # default '': cold compiles, whatever JAX_COMPILATION_CACHE_DIR says
+        compilation_cache.enable_from_flag(FLAGS.compilation_cache_dir, resolve=False)
+    except ValueError as e:
+        _fail(str(e))
     try:
         r = bench_jax()
     except (KeyError, ValueError) as e:

@@ -134,12 +134,16 @@ def test_old_results_load_and_print_as_before_and_hits_print_beside_compile_time
     assert [line[-11:] for line in rows] == ["     1.50 -", "   1.50 2/3"]
 
 
-def test_cli_refuses_a_cache_folder_it_cannot_make(tmp_path):
+@pytest.mark.parametrize("cli,args,prefix", [
+    ("mlperf_jax.train", ["--benchmark=resnet50", "--division=open"], "error: "),
+    ("mlperf_jax.infer", ["--benchmark=resnet50"], "infer: error: "),
+])
+def test_clis_refuse_a_cache_folder_they_cannot_make(tmp_path, cli, args, prefix):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    p = run_python(["-m", "mlperf_jax.train", "--benchmark=resnet50", "--division=open",
-                    f"--workdir={tmp_path / 'wd'}", f"--compilation_cache_dir={blocker / 'sub'}"],
+    p = run_python(["-m", cli, *args, f"--outdir={tmp_path / 'wd'}" if cli.endswith("infer")
+                    else f"--workdir={tmp_path / 'wd'}", f"--compilation_cache_dir={blocker / 'sub'}"],
                    timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --compilation_cache_dir "), p.stderr
+    assert len(lines) == 1 and lines[0].startswith(prefix + "--compilation_cache_dir "), p.stderr

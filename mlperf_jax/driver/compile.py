@@ -41,9 +41,13 @@ class Compiled:
     abstract_state: PyTree
     schedule: optax.Schedule
     compile_time_s: float
-    num_programs: int = 0       # programs compiled (init, train step, eval step, the extras)
-    cache_hits: int | None = None  # of those, served by the persistent cache (None: no cache)
+    cache_hits: int | None = None  # programs served by the persistent cache (None: no cache)
     program_times: dict = dataclasses.field(default_factory=dict)  # name -> lower+compile s
+
+    @property
+    def num_programs(self) -> int:
+        """Programs compiled: init, train step, eval step and the benchmark's extras."""
+        return len(self.program_times)
 
 
 def init_compiler_options() -> dict:
@@ -119,7 +123,7 @@ def compile_benchmark(bench: Benchmark, config: ml_collections.ConfigDict, mesh:
             ).lower(abstract.params, abstract.model_state, *prog.arg_specs).compile())
     compile_s = time.perf_counter() - t0
     return Compiled(init_c, train_c, eval_c, programs, state_sh, abstract, schedule, compile_s,
-                    num_programs=len(times), program_times=times,
+                    program_times=times,
                     cache_hits=count.hits if cache_lib.in_use() else None)
 
 
