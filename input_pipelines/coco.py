@@ -49,7 +49,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlperf_jax.input_pipelines import coco_eval, preprocessing
-from mlperf_jax.input_pipelines.source import DatasetNotFoundError, tf_data_options
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError, epoch_seed, tf_data_options
 
 NAME = "coco/2017"
 AUTOTUNE = tf.data.AUTOTUNE
@@ -127,10 +127,6 @@ def eval_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ..
     return {"image": ((b, s, s, 3), np.uint8), "image_id": ((b,), np.int32),
             "orig_size": ((b, 2), np.int32), "mask": ((b,), np.bool_)}
 
-
-
-def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------ the SSD random crop (TF)
@@ -442,23 +438,23 @@ def train_dataset(data_dir: str | None, *, batch_size: int, seed: int, epoch: in
     must run the same number of steps).
     """
     kind = resolve_source(data_dir, source)
-    epoch_seed = _epoch_seed(seed, epoch, process_index)
+    eseed = epoch_seed(seed, epoch, process_index)
     if kind == "coco_raw":
         idx = raw_index(data_dir, "train")
         nonempty = np.nonzero(idx["box_count"] > 0)[0]
         rows = nonempty[_host_slice(len(nonempty), process_index, process_count, True)]
-        rows = rows[np.random.default_rng(epoch_seed).permutation(len(rows))]
+        rows = rows[np.random.default_rng(eseed).permutation(len(rows))]
         ds = _raw_examples(data_dir, "train", rows)
     else:
         ds = _tfds_examples(data_dir, "train", process_index, process_count, drop_remainder=True,
-                            shuffle_seed=epoch_seed)
+                            shuffle_seed=eseed)
         ds = ds.filter(lambda ex: tf.size(ex["labels"]) > 0)
-        ds = ds.shuffle(shuffle_buffer or 16 * batch_size, seed=epoch_seed,
+        ds = ds.shuffle(shuffle_buffer or 16 * batch_size, seed=eseed,
                         reshuffle_each_iteration=False)
     if steps is not None:
         ds = ds.repeat()
     ds = ds.enumerate()
-    base = tf.constant(epoch_seed % (2 ** 31), tf.int64)
+    base = tf.constant(eseed % (2 ** 31), tf.int64)
 
     def prep(i, ex):
         return preprocess_train(ex["image"], ex["boxes"], ex["labels"], tf.stack([base, i]),

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mlperf_jax.input_pipelines.source import DatasetNotFoundError, tf_data_options
+from mlperf_jax.input_pipelines.source import DatasetNotFoundError, epoch_seed, tf_data_options
 from mlperf_jax.input_pipelines import preprocessing
 
 NAME = "imagenet2012"
@@ -74,16 +74,16 @@ def train_dataset(data_dir: str | None, *, batch_size: int, seed: int, epoch: in
     """This host's batches of one training epoch (``batch_size`` is the per-host batch)."""
     builder = tfds.builder(NAME, data_dir=data_dir)
     split = host_split("train", process_index, process_count, drop_remainder=True)
-    epoch_seed = int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
+    shuffle_seed = epoch_seed(seed, epoch, process_index)
     ds = builder.as_dataset(
         split=split, shuffle_files=True, decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, skip_prefetch=True))
-    ds = ds.shuffle(shuffle_buffer or 16 * batch_size, seed=epoch_seed,
+        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, skip_prefetch=True))
+    ds = ds.shuffle(shuffle_buffer or 16 * batch_size, seed=shuffle_seed,
                     reshuffle_each_iteration=False)
     ds = ds.enumerate()
 
     def prep(i, ex):
-        s = tf.stack([tf.constant(epoch_seed % (2 ** 31), tf.int64), i])
+        s = tf.stack([tf.constant(shuffle_seed % (2 ** 31), tf.int64), i])
         return {"image": preprocess_train(ex["image"], s, image_size),
                 "label": tf.cast(ex["label"], tf.int32)}
 

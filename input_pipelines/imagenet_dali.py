@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from mlperf_jax.input_pipelines.preprocessing import resize_target
+from mlperf_jax.input_pipelines.source import epoch_seed
 
 
 def dali_importable() -> bool:
@@ -216,17 +217,16 @@ def train_batches(files: list[str], indices: list[str], *, batch_size: int, seed
                   ) -> Iterator[dict[str, np.ndarray]]:
     """``steps - skip`` batches of epoch ``epoch`` (the first ``skip`` are drawn and dropped, so
     a resumed epoch continues the same sequence)."""
-    epoch_seed = int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
-    epoch_seed %= 2 ** 31 - 2
+    dali_seed = epoch_seed(seed, epoch, process_index) % (2 ** 31 - 2)
 
     def graph():
         jpegs, labels = _read(files, indices, shard_id=process_index, num_shards=process_count,
-                              shuffle=True, seed=epoch_seed,
+                              shuffle=True, seed=dali_seed,
                               shuffle_buffer=shuffle_buffer or 16 * batch_size, pad=False)
-        return train_graph(jpegs, image_size, device, epoch_seed), labels
+        return train_graph(jpegs, image_size, device, dali_seed), labels
 
     pipe = _pipeline(graph, batch_size=batch_size, device=device, num_threads=num_threads,
-                     seed=epoch_seed)
+                     seed=dali_seed)
     it = _iterator(pipe, ["image", "label"], fill=False)
     for step in range(steps):
         out = next(it)

@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlperf_jax.input_pipelines import coco, coco_instances, preprocessing
-from mlperf_jax.input_pipelines.source import tf_data_options
+from mlperf_jax.input_pipelines.source import epoch_seed, tf_data_options
 
 AUTOTUNE = tf.data.AUTOTUNE
 MIN_SIZE, MAX_SIZE, PAD_SIZE = 800, 1333, 1344
@@ -165,7 +165,7 @@ def parse(serialized: tf.Tensor, mask_size: int) -> dict[str, tf.Tensor]:
 
 def flip_seed_base(seed: int, epoch: int) -> int:
     """The stateless flip seed's first word for (seed, epoch); the second is the example index."""
-    return coco._epoch_seed(seed, epoch, 0)
+    return epoch_seed(seed, epoch, 0)
 
 
 def draw_flip(base: int | tf.Tensor, index: tf.Tensor) -> tf.Tensor:
@@ -259,7 +259,7 @@ def train_dataset(data_dir: str, *, batch_size: int, seed: int, epoch: int,
         raise ValueError(f"{meta['num_examples']} training examples cannot be shared by "
                          f"{process_count} hosts")
     files, partial = _host_records(meta, data_dir, rows)
-    host_seed = coco._epoch_seed(seed, epoch, process_index)
+    host_seed = epoch_seed(seed, epoch, process_index)
     files = [files[i] for i in np.random.default_rng(host_seed).permutation(len(files))]
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(CYCLE_LENGTH, len(files)),

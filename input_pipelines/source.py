@@ -150,6 +150,12 @@ def read_json(path: str) -> dict | None:
         return None
 
 
+def epoch_seed(seed: int, epoch: int, process_index: int) -> int:
+    """One shuffle/augmentation seed per (run seed, epoch, host): reproducible epochs that differ
+    from each other and between hosts."""
+    return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
+
+
 def tf_data_options():
     """The ``tf.data.Options`` every pipeline here uses: deterministic order (resume and multi-host
     runs see the same batches), the shared thread pool, parallel maps."""

@@ -60,7 +60,8 @@ def _check_finite(metrics: dict | None, step: int) -> None:
         raise DivergedError(f"training diverged: loss is {loss} at step {step}")
 
 
-def _platform_name() -> str:
+def platform_name() -> str:
+    """``submission_platform``'s default: device count and kind (``1xcpu``, ``8xTPU_v5_lite``)."""
     d = jax.devices()
     return f"{len(d)}x{d[0].device_kind}".replace(" ", "_")
 
@@ -74,7 +75,7 @@ def log_submission(log: mllog_lib.RunLogger, bench: Benchmark, config: ml_collec
     log.event(K.SUBMISSION_ORG, opts.submission_org)
     log.event(K.SUBMISSION_DIVISION, division)
     log.event(K.SUBMISSION_STATUS, opts.submission_status)
-    platform = opts.submission_platform or _platform_name()
+    platform = opts.submission_platform or platform_name()
     log.event(K.SUBMISSION_PLATFORM, platform)
     if opts.log_format == "v0.6":  # ruleset 0.6.0 wants these two as well
         log.event("submission_poc_name", opts.submission_poc_name or opts.submission_org)

@@ -37,11 +37,11 @@ from mlperf_jax.loadgen.settings import EffectiveSettings, TestMode, TestScenari
 __all__ = ["Estimate", "Measurement", "estimate", "trial_overrides", "plan_lines", "parse_target_qps",
            "measure", "apply_measurement", "auto_target", "SERVER_FRACTION", "OFFLINE_FACTOR", "TRIAL_MIN_DURATION_MS", "LONG_RUN_S"]
 
-# Server's target_qps from --target_qps=auto: this fraction of the measured Offline throughput.
-# Poisson arrivals at 100% of peak throughput queue without bound; 80% leaves headroom for the
-# latency bound, and --mode=find_peak searches for the highest QPS that meets it.
-# Server: dynamic batching at a latency bound sustains far less than Offline's big batches; half the
-# probe's rate left the tiny ResNet VALID where 0.8 overloaded it (p99 ~500 ms against 15 ms).
+# Server's target_qps from --target_qps=auto: this fraction of the measured Offline throughput
+# (Poisson arrivals at 100% of peak throughput queue without bound; --mode=find_peak searches for
+# the highest QPS that meets the latency bound). Dynamic batching at a latency bound sustains far
+# less than Offline's big batches; half the probe's rate left the tiny ResNet VALID where 0.8
+# overloaded it (p99 ~500 ms against 15 ms).
 SERVER_FRACTION = 0.5
 # Offline: the LoadGen sizes its one query as 1.1 x min_duration x offline_expected_qps, so a SUT
 # faster than expected (warm caches, a probe that saw compile stalls) ends before min_duration and

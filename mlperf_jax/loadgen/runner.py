@@ -15,7 +15,7 @@ from .core import (VERSION, LoadGenError, QuerySampleLibrary, SUTError,
                    SystemUnderTest, TestResult, _activate, _clock, _deactivate, _Test)
 from .logs import DetailLog
 from .progress import Progress
-from .results import PerformanceSummary
+from .results import PerformanceSummary, count_lines
 from .settings import (EffectiveSettings, LogSettings, TestMode, TestScenario, TestSettings,
                        refuse_unsupported)
 
@@ -194,10 +194,7 @@ def _no_perf_summary(test: _Test, d: DetailLog) -> str:
     lines = []
     if test.errors:
         lines += ["Result is : INVALID"] + [" * " + e for e in dict.fromkeys(test.errors)]
-    lines += ["", "No warnings encountered during test." if d.warnings == 0 else
-              f"{d.warnings} warning{'s' if d.warnings > 1 else ''} encountered. See detailed log.", "",
-              "No errors encountered during test." if d.errors == 0 else
-              f"{d.errors} ERROR{'S' if d.errors > 1 else ''} encountered. See detailed log."]
+    lines += count_lines(d.warnings, d.errors)
     return "\n".join(lines) + "\n"
 
 

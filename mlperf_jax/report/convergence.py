@@ -98,7 +98,7 @@ def submission_runs(benchmark: str) -> int:
 
 def points(raw: Mapping[str, Mapping], benchmark: str) -> list[Point]:
     """Pruned reference points, by batch size, from an RCP json's records."""
-    drop = 4 if benchmark == "unet3d" else 1
+    drop = _drop(benchmark)
     n_subm = submission_runs(benchmark) - 2  # as mlperf_logging's rcp_checker counts them
     pts = []
     for name, rec in raw.items():
@@ -121,6 +121,11 @@ def points(raw: Mapping[str, Mapping], benchmark: str) -> list[Point]:
     return pts
 
 
+def _drop(benchmark: str) -> int:
+    """Points the RCP mean drops at each end: 4 for unet3d, 1 for the rest (rcp_checker)."""
+    return 4 if benchmark == "unet3d" else 1
+
+
 def _pstdev(values: Sequence[float]) -> float:
     """Population standard deviation of all the points (as mlperf_logging's rcp_checker)."""
     m = sum(values) / len(values)
@@ -140,7 +145,7 @@ def compare(epochs: Sequence[float], batch_size: int, pts: Sequence[Point], benc
             ) -> tuple[bool | None, str, Point | None, float, float | None]:
     """``(passed, match, point, norm_factor, olympic mean epochs)`` of runs' epochs to converge
     (``inf`` for a run that did not converge) against pruned points."""
-    drop = 4 if benchmark == "unet3d" else 1
+    drop = _drop(benchmark)
     if sum(math.isinf(e) for e in epochs) > drop:
         return False, "insufficient convergence", None, 1.0, None
     mean = _olympic([1e9 if math.isinf(e) else e for e in epochs], drop)
@@ -251,7 +256,7 @@ def check(workdir: str, log_paths: Sequence[str] | None = None, *,
         return out
     where = {"exact": f"RCP {point.name}", "interpolated": f"RCP interpolated at batch {bs}",
              "below smallest": f"smallest-batch RCP {point.name} (batch {bs} is below it)"}[match]
-    few = "" if n >= 2 * (4 if bench == "unet3d" else 1) + 1 else f" (only {n} runs: plain mean)"
+    few = "" if n >= 2 * _drop(bench) + 1 else f" (only {n} runs: plain mean)"
     verdict = "within the rules' bound: PASS" if passed else "faster than the rules allow: FAIL"
     out.verdict = (f"{bench} ({config} config, batch {bs}): mean epochs to converge "
                    f"{mean:.2f}{few} vs {where}: mean {point.mean:.2f}, at least "

@@ -47,9 +47,8 @@ STATUS = {"onprem": "available", "cloud": "available", "preview": "preview", "re
 
 def this_platform() -> str:
     """This machine's ``submission_platform`` as the training driver writes it."""
-    import jax
-    devs = jax.devices()
-    return f"{len(devs)}x{devs[0].device_kind}".replace(" ", "_")
+    from mlperf_jax.driver.loop import platform_name
+    return platform_name()
 
 
 def describe(platform: str, *, submitter: str, division: str, status: str, system_name: str,
